@@ -1,0 +1,158 @@
+"""The one place every knob of a cxrflow run lives.
+
+The whole config travels to every KFP component as one JSON string, so a stage can never see
+a different value than its neighbours, locally or on Vertex.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+DEFAULT_CLASSES = ("covid", "bacterial", "normal")
+MODELS = ("cnn", "resnet50", "mobilenetv2")
+RESAMPLE_MODES = ("none", "under", "over")
+NORMALIZATIONS = ("unit", "zscore")
+
+
+class ConfigError(ValueError):
+    """A config value a user gave is not usable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-time augmentation; eval, test and serving never see it."""
+
+    flip: bool = False  # chest X-rays have a fixed orientation (heart on the left)
+    brightness: float = 0.1  # max additive delta on [0,1] pixels; 0 turns it off
+    contrast: float = 0.15  # max relative contrast change; 0 turns it off
+    noise: float = 0.01  # std of Gaussian noise; 0 turns it off
+    rotation_deg: float = 5.0  # max rotation either way; 0 turns it off
+    zoom: float = 0.08  # max zoom in/out fraction; 0 turns it off
+
+
+@dataclass(frozen=True)
+class Resources:
+    """KFP task resources. Empty strings mean "let the cluster decide"."""
+
+    cpu: str = ""
+    memory: str = ""
+    accelerator_type: str = ""  # e.g. NVIDIA_TESLA_T4; Trainer only
+    accelerator_count: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    # Data
+    data: tuple[str, ...] = ()  # "KIND:PATH" entries, merged in order
+    classes: tuple[str, ...] = DEFAULT_CLASSES
+    views: tuple[str, ...] = ("PA",)  # IEEE view filter
+    class_map: str = ""  # "FOLDER=CLASS,..." overrides for folder names
+    finding_map: str = ""  # "FINDING_PREFIX=CLASS,..." overrides for IEEE findings
+    kaggle_merge_val: bool = True  # Kaggle's 16-image val folder joins train
+    eval_fraction: float = 0.15  # carved from train, by patient
+    test_fraction: float = 0.15  # used only when a source provides no test split
+    max_image_pixels: int = 50_000_000  # larger images are skipped as decompression bombs
+    # Transform
+    image_size: int = 512
+    normalization: str = "unit"  # "unit" = [0,1]; "zscore" uses TFT mean/std over train
+    # Resample
+    resample: str = "none"
+    oversample_ratio: float = 1.0  # minority classes grow to ratio * majority count
+    class_weights: bool = True
+    # Trainer
+    model: str = "cnn"
+    weights: str = "none"  # imagenet | none | path to a local weights file
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    early_stopping_patience: int = 6
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    seed: int = 42
+    # Evaluator
+    tta: int = 1
+    min_recall: tuple[tuple[str, float], ...] = (("covid", 0.9),)
+    min_macro_recall: float = 0.8
+    max_regression: float = 0.02  # allowed drop of a gated metric against the served model
+    # Pusher
+    serving_dir: str = ""
+    model_name: str = "cxrflow"
+    # Deployment
+    base_image: str = "python:3.11-slim"
+    beam_args: tuple[str, ...] = ()
+    trainer_resources: Resources = field(default_factory=Resources)
+    default_resources: Resources = field(default_factory=Resources)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"classes must be at least two distinct names, got {list(self.classes)}")
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.resample not in RESAMPLE_MODES:
+            raise ConfigError(f"resample must be one of {RESAMPLE_MODES}, got {self.resample!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if not 16 <= self.image_size <= 2048:
+            raise ConfigError(f"image_size must be between 16 and 2048, got {self.image_size}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be positive")
+        if not (0 < self.eval_fraction < 1 and 0 < self.test_fraction < 1):
+            raise ConfigError("eval_fraction and test_fraction must lie strictly between 0 and 1")
+        if self.eval_fraction + self.test_fraction >= 1:
+            raise ConfigError("eval_fraction + test_fraction must leave data for training")
+        if self.tta < 1:
+            raise ConfigError("tta must be 1 (off) or more")
+        unknown = [name for name, _ in self.min_recall if name not in self.classes]
+        if unknown:
+            raise ConfigError(f"min_recall names classes not in {list(self.classes)}: {unknown}")
+        for entry in self.data:
+            kind, sep, path = entry.partition(":")
+            if not sep or not kind or not path:
+                raise ConfigError(f"--data takes KIND:PATH, got {entry!r}")
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PipelineConfig:
+        raw = json.loads(text)
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PipelineConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {unknown}")
+        values = dict(raw)
+        for key in ("data", "classes", "views", "beam_args"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if "min_recall" in values:
+            values["min_recall"] = tuple((str(k), float(v)) for k, v in values["min_recall"])
+        if isinstance(values.get("augmentation"), dict):
+            values["augmentation"] = Augmentation(**values["augmentation"])
+        for key in ("trainer_resources", "default_resources"):
+            if isinstance(values.get(key), dict):
+                values[key] = Resources(**values[key])
+        return cls(**values)
+
+    def replace(self, **changes) -> PipelineConfig:
+        return dataclasses.replace(self, **changes)
+
+    def source_options(self) -> dict[str, str]:
+        """The options every source adapter receives (each reads the ones it knows)."""
+        return {
+            "views": ",".join(self.views),
+            "class_map": self.class_map,
+            "finding_map": self.finding_map,
+            "kaggle_merge_val": "1" if self.kaggle_merge_val else "",
+        }
+
+    def class_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}

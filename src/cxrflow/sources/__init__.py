@@ -1,0 +1,19 @@
+"""Data source adapters, looked up by the KIND of `--data KIND:PATH`."""
+
+from __future__ import annotations
+
+from cxrflow.sources.base import Exclusion, Record, SourceAdapter
+from cxrflow.sources.folders import FolderSource
+
+ADAPTERS: dict[str, type[SourceAdapter]] = {FolderSource.kind: FolderSource}
+
+
+def adapter_for(entry: str, classes: tuple[str, ...], options: dict[str, str] | None = None) -> SourceAdapter:
+    """Builds the adapter for a `KIND:PATH` entry; raises ValueError for an unknown KIND."""
+    kind, _, path = entry.partition(":")
+    if kind not in ADAPTERS:
+        raise ValueError(f"unknown data kind {kind!r} in {entry!r}; known kinds: {sorted(ADAPTERS)}")
+    return ADAPTERS[kind](path, classes, options)
+
+
+__all__ = ["ADAPTERS", "Exclusion", "Record", "SourceAdapter", "adapter_for"]

@@ -1,0 +1,100 @@
+"""The contract every data source adapter follows (after torchxrayvision's dataset classes).
+
+An adapter only *lists* its source: it maps the source's own columns and folder conventions to
+shared names and yields one `Record` per candidate image, or one `Exclusion` per row or file it
+rejects with a reason. Reading, checking, de-duplicating and splitting happen later, in the
+ExampleGen Beam pipeline, so they scale with the runner instead of with the laptop.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+PROVIDED_SPLITS = {"train": "train", "training": "train", "val": "train", "valid": "train",
+                   "validation": "eval", "eval": "eval", "test": "test", "testing": "test"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One candidate image, with every column mapped to the shared names."""
+
+    path: str  # file to read (local path or gs:// URI)
+    image_id: str  # unique and stable: "<source>:<path relative to the source root>"
+    label: str  # a class name from the config
+    patient_id: str  # namespaced by source, so two sources' "1" never merge
+    source: str
+    view: str = ""
+    sex: str = ""
+    age: str = ""
+    provided_split: str = ""  # "train" / "eval" / "test" when the source ships a split
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A row or file not emitted, with a countable reason code (e.g. "view", "finding:SARS")."""
+
+    source: str
+    path: str
+    reason: str
+
+
+class SourceAdapter(ABC):
+    """Lists one dataset as Records and Exclusions."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, root: str, classes: tuple[str, ...], options: Mapping[str, str] | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.classes = classes
+        self.options = dict(options or {})
+
+    @property
+    def source_name(self) -> str:
+        """The `source` feature value: the kind plus the folder name, e.g. `folders:sample`."""
+        return f"{self.kind}:{posixpath.basename(self.root) or self.root}"
+
+    @abstractmethod
+    def scan(self) -> Iterator[Record | Exclusion]:
+        """Yields every candidate image or rejected row of the source."""
+
+    # --- helpers shared by adapters -----------------------------------------------------------
+    def resolve_inside_root(self, relative: str) -> str | None:
+        """Joins `relative` to the root; None when it would escape it (`../`, absolute paths)."""
+        if not relative or relative.startswith(("/", "\\")) or "://" in relative:
+            return None
+        joined = posixpath.normpath(posixpath.join(self.root, relative.replace("\\", "/")))
+        root = posixpath.normpath(self.root)
+        if joined != root and not joined.startswith(root + "/"):
+            return None
+        if "://" not in self.root:
+            real_root = os.path.realpath(root)
+            real = os.path.realpath(joined)
+            if real != real_root and not real.startswith(real_root + os.sep):
+                return None  # a symlink pointing outside the dataset
+        return joined
+
+    def relative(self, path: str) -> str:
+        return posixpath.relpath(path, self.root)
+
+
+def list_files(root: str) -> Iterator[str]:
+    """All files under `root`, sorted, local or remote."""
+    if "://" in root:
+        import tensorflow as tf
+
+        for dirpath, _, files in sorted(tf.io.gfile.walk(root)):
+            for name in sorted(files):
+                yield posixpath.join(dirpath, name)
+        return
+    for dirpath, dirnames, files in os.walk(root):
+        dirnames.sort()
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield os.path.join(dirpath, name)

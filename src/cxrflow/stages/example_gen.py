@@ -1,0 +1,216 @@
+"""ExampleGen: source adapters -> checked, de-duplicated, patient-split tf.Example TFRecords.
+
+The Beam pipeline makes two passes over the files. Pass one reads and checks every image and
+keeps only small metadata (hashes, labels, reasons); the split plan is computed from that
+metadata alone. Pass two streams the kept files into TFRecord shards. Pixels are never grouped
+or held in memory, so memory stays flat as the dataset grows, on any runner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+from cxrflow import features as fk
+from cxrflow.config import PipelineConfig
+from cxrflow.images import ImageRejected, check_image
+from cxrflow.io_utils import join, makedirs, write_json_atomic
+from cxrflow.sources import Exclusion, Record, adapter_for
+from cxrflow.stages.splitting import ImageMeta, assign_splits, deduplicate, patient_overlap
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "ingest_report.json"
+
+
+def split_dir(examples_dir: str, split: str) -> str:
+    return join(examples_dir, f"Split-{split}")
+
+
+def split_pattern(examples_dir: str, split: str) -> str:
+    return join(split_dir(examples_dir, split), "*.tfrecord")
+
+
+def age_group(age: str) -> str:
+    match = re.search(r"\d+(\.\d+)?", age or "")
+    if not match:
+        return ""
+    years = float(match.group())
+    if years < 18:
+        return "0-17"
+    if years < 40:
+        return "18-39"
+    if years < 65:
+        return "40-64"
+    return "65+"
+
+
+def _read(path: str) -> bytes:
+    if "://" in path:
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def check_record(record: Record, max_pixels: int) -> dict:
+    """Pass one: reads and checks one file; returns metadata, or a skip with its reason."""
+    try:
+        data = _read(record.path)
+    except FileNotFoundError:
+        return {"skip": True, "source": record.source, "path": record.path, "reason": "missing_file"}
+    except OSError as e:
+        return {"skip": True, "source": record.source, "path": record.path, "reason": "unreadable", "detail": str(e)}
+    try:
+        checked = check_image(data, max_pixels)
+    except ImageRejected as e:
+        return {"skip": True, "source": record.source, "path": record.path, "reason": e.reason, "detail": e.detail}
+    return {
+        "skip": False,
+        "meta": ImageMeta(record.image_id, record.patient_id, record.label, record.source,
+                          record.provided_split, checked.file_sha256, checked.pixel_hash, checked.thumbnail),
+        "reencoded": checked.reencoded,
+    }
+
+
+def to_example(record: Record, image_bytes: bytes) -> bytes:
+    import tensorflow as tf
+
+    values = {
+        fk.IMAGE_KEY: image_bytes,
+        fk.LABEL_KEY: record.label.encode(),
+        fk.PATIENT_ID_KEY: record.patient_id.encode(),
+        fk.SOURCE_KEY: record.source.encode(),
+        fk.VIEW_KEY: record.view.encode(),
+        fk.SEX_KEY: record.sex.encode(),
+        fk.AGE_KEY: record.age.encode(),
+        fk.AGE_GROUP_KEY: age_group(record.age).encode(),
+        fk.IMAGE_ID_KEY: record.image_id.encode(),
+    }
+    feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v])) for k, v in values.items()}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def make_plan(checks: list[dict], exclusions: list[Exclusion], records: list[Record], config: PipelineConfig) -> dict:
+    """Dedup + split over pass-one metadata; returns the assignment and the ingestion report."""
+    ok = [c for c in checks if not c["skip"]]
+    kept, duplicates = deduplicate(c["meta"] for c in ok)
+    assignment, split_notes = assign_splits(
+        kept, config.classes, config.eval_fraction, config.test_fraction, config.seed
+    )
+    reencode = {c["meta"].image_id for c in ok if c["reencoded"]}
+    by_id = {r.image_id: r for r in records}
+
+    sources: dict[str, dict] = defaultdict(lambda: {"rows": 0, "kept": Counter(), "excluded": Counter()})
+    for r in records:
+        sources[r.source]["rows"] += 1
+    skipped = []
+    for e in exclusions:
+        sources[e.source]["rows"] += 1
+        sources[e.source]["excluded"][e.reason] += 1
+        skipped.append({"path": e.path, "reason": e.reason})
+    for c in checks:
+        if c["skip"]:
+            sources[c["source"]]["excluded"][c["reason"]] += 1
+            skipped.append({"path": c["path"], "reason": c["reason"], "detail": c.get("detail", "")})
+    for d in duplicates:
+        r = by_id[d["image_id"]]
+        sources[r.source]["excluded"]["duplicate"] += 1
+        skipped.append({"path": r.path, "reason": "duplicate", "detail": f"{d['match']} copy of {d['kept']}"})
+
+    splits = {s: Counter() for s in fk.SPLITS}
+    by_source: dict[str, dict] = {s: defaultdict(Counter) for s in fk.SPLITS}
+    for meta in kept:
+        split = assignment[meta.image_id]
+        splits[split][meta.label] += 1
+        by_source[split][meta.source][meta.label] += 1
+        sources[meta.source]["kept"][meta.label] += 1
+
+    report = {
+        "classes": list(config.classes),
+        "sources": {name: {"rows": s["rows"], "kept": dict(s["kept"]), "excluded": dict(s["excluded"])}
+                    for name, s in sorted(sources.items())},
+        "duplicates_removed": len(duplicates),
+        "duplicates": duplicates,
+        "splits": {s: {c: splits[s].get(c, 0) for c in config.classes} for s in fk.SPLITS},
+        "by_source": {s: {src: dict(cnt) for src, cnt in sorted(v.items())} for s, v in by_source.items()},
+        "patient_overlap": patient_overlap(kept, assignment),
+        "skipped": sorted(skipped, key=lambda x: (x["reason"], x["path"])),
+        **split_notes,
+    }
+    return {"assignment": assignment, "reencode": reencode, "report": report}
+
+
+def write_examples(record: Record, plan: dict, max_pixels: int):
+    """Pass two: emits (split, serialized example) for each planned image."""
+    split = plan["assignment"].get(record.image_id)
+    if split is None:
+        return
+    data = _read(record.path)
+    if record.image_id in plan["reencode"]:
+        data = check_image(data, max_pixels).data
+    yield split, to_example(record, data)
+
+
+def scan_sources(config: PipelineConfig) -> tuple[list[Record], list[Exclusion]]:
+    """Lists every configured source; raises ValueError on duplicate image ids or no data."""
+    if not config.data:
+        raise ValueError("no data given: pass --data KIND:PATH at least once")
+    records: list[Record] = []
+    exclusions: list[Exclusion] = []
+    for entry in config.data:
+        adapter = adapter_for(entry, config.classes, config.source_options())
+        root = entry.partition(":")[2]
+        if "://" not in root and not os.path.isdir(root):
+            raise ValueError(f"data folder not found: {root}")
+        for item in adapter.scan():
+            (records if isinstance(item, Record) else exclusions).append(item)
+    ids = Counter(r.image_id for r in records)
+    clashes = [i for i, n in ids.items() if n > 1]
+    if clashes:
+        raise ValueError(f"two --data entries list the same images (e.g. {clashes[0]}); pass each folder once")
+    return records, exclusions
+
+
+def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence[str] = ()) -> dict:
+    """Runs ExampleGen; writes `Split-<split>/*.tfrecord` and `ingest_report.json`; returns the report."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    records, exclusions = scan_sources(config)
+    if not records:
+        raise ValueError(f"no usable images found in {list(config.data)} for classes {list(config.classes)}")
+    makedirs(output_dir)
+    max_pixels = config.max_image_pixels
+    options = PipelineOptions(list(beam_args or config.beam_args))
+    with beam.Pipeline(options=options) as p:
+        recs = p | "ListImages" >> beam.Create(records, reshuffle=True)
+        plan = (
+            recs
+            | "ReadAndCheck" >> beam.Map(check_record, max_pixels)
+            | "CollectMetadata" >> beam.combiners.ToList()
+            | "PlanSplits" >> beam.Map(make_plan, exclusions, records, config)
+        )
+        examples = recs | "ToExamples" >> beam.FlatMap(write_examples, beam.pvalue.AsSingleton(plan), max_pixels)
+        parts = examples | "BySplit" >> beam.Partition(lambda kv, n: fk.SPLITS.index(kv[0]), len(fk.SPLITS))
+        for split, part in zip(fk.SPLITS, parts, strict=True):
+            _ = (
+                part
+                | f"Values{split}" >> beam.Values()
+                | f"Write{split}" >> beam.io.WriteToTFRecord(
+                    join(split_dir(output_dir, split), "data"), file_name_suffix=".tfrecord"
+                )
+            )
+        _ = plan | "WriteReport" >> beam.Map(lambda pl: write_json_atomic(join(output_dir, REPORT_FILE), pl["report"]))
+
+    from cxrflow.io_utils import read_json
+
+    report = read_json(join(output_dir, REPORT_FILE))
+    if report["patient_overlap"]:
+        raise RuntimeError(f"{report['patient_overlap']} patients cross splits: refusing to continue")
+    return report

@@ -1,0 +1,89 @@
+"""Transform: the TF Transform graph that turns encoded image bytes into model input.
+
+The graph decodes (PNG 8/16-bit, JPEG), converts to grayscale, resizes and normalises. The
+same graph is applied to training input and embedded in the exported model, so training and
+serving can never disagree on preprocessing.
+
+Materialise or apply on the fly? We apply the graph on the fly in the Trainer and cache the
+decoded tensors for the following epochs (see trainer_input.py). A materialised float32 copy at
+512x512 costs 1 MiB an image on disk, 4-10x the encoded size, and bench/bench_transform.py
+measures that the on-the-fly input with a cache matches materialised input in throughput.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from cxrflow import features as fk
+from cxrflow.config import PipelineConfig
+from cxrflow.io_utils import write_json_atomic
+
+ZSCORE_EPSILON = 1e-6
+
+
+def decode_grayscale(image_bytes, image_size: int):
+    """One encoded image -> float32 [size, size, 1] in [0,1]. Works in TFT and in serving."""
+    import tensorflow as tf
+
+    # channels=3 turns gray, gray+alpha, palette and RGBA alike into RGB; 16-bit PNGs keep
+    # their precision because decode_image decodes them as uint16 before scaling to float.
+    image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.float32, expand_animations=False)
+    image = tf.image.rgb_to_grayscale(image)
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def decode_batch(images, image_size: int):
+    import tensorflow as tf
+
+    return tf.map_fn(
+        lambda b: decode_grayscale(b, image_size),
+        tf.reshape(images, [-1]),
+        fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32),
+    )
+
+
+def make_preprocessing_fn(image_size: int, normalization: str) -> Callable[[dict], dict]:
+    """Builds TFT's `preprocessing_fn` for the given size and normalisation."""
+
+    def preprocessing_fn(inputs: dict) -> dict:
+        import tensorflow as tf
+        import tensorflow_transform as tft
+
+        images = decode_batch(inputs[fk.IMAGE_KEY], image_size)
+        if normalization == "zscore":
+            # Full-pass analyzers over the training split: one mean and std for all pixels.
+            mean = tft.mean(images)
+            std = tf.sqrt(tft.var(images) + ZSCORE_EPSILON)
+            images = (images - mean) / std
+        return {fk.IMAGE_XF_KEY: images}
+
+    return preprocessing_fn
+
+
+def run_transform(config: PipelineConfig, train_pattern: str, output_dir: str, beam_args: Sequence[str] = ()) -> str:
+    """Analyzes the training split and writes the transform graph to `output_dir`."""
+    import apache_beam as beam
+    import tensorflow_transform.beam as tft_beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tensorflow_transform.tf_metadata import schema_utils
+    from tfx_bsl.public import tfxio
+
+    image_only = fk.raw_feature_spec((fk.IMAGE_KEY,))
+    source = tfxio.TFExampleRecord(
+        file_pattern=train_pattern, schema=schema_utils.schema_from_feature_spec(image_only)
+    )
+    preprocessing_fn = make_preprocessing_fn(config.image_size, config.normalization)
+    temp_dir = os.path.join(output_dir, ".tft_tmp") if "://" not in output_dir else output_dir + "/.tft_tmp"
+    options = PipelineOptions(list(beam_args or config.beam_args))
+    with beam.Pipeline(options=options) as p, tft_beam.Context(temp_dir=temp_dir):
+        raw = p | "ReadTrain" >> source.BeamSource()
+        transform_fn = (raw, source.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn)
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output_dir)
+    write_json_atomic(
+        os.path.join(output_dir, "transform_config.json") if "://" not in output_dir
+        else output_dir + "/transform_config.json",
+        {"image_size": config.image_size, "normalization": config.normalization},
+    )
+    return output_dir
