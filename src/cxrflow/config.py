@@ -78,6 +78,7 @@ class PipelineConfig:
     # Pusher
     serving_dir: str = ""
     model_name: str = "cxrflow"
+    keep_versions: int = 0  # prune pushed versions to the newest N; 0 keeps all
     # Deployment
     base_image: str = "python:3.11-slim"
     beam_args: tuple[str, ...] = ()

@@ -9,10 +9,17 @@ from cxrflow.sources.base import PROVIDED_SPLITS, Exclusion, Record, SourceAdapt
 
 # Folder names people actually use, mapped to the default class names.
 DEFAULT_ALIASES = {
-    "covid": "covid", "covid-19": "covid", "covid19": "covid", "covid_19": "covid",
-    "bacterial": "bacterial", "bacteria": "bacterial", "pneumonia_bac": "bacterial",
+    "covid": "covid",
+    "covid-19": "covid",
+    "covid19": "covid",
+    "covid_19": "covid",
+    "bacterial": "bacterial",
+    "bacteria": "bacterial",
+    "pneumonia_bac": "bacterial",
     "bacterial_pneumonia": "bacterial",
-    "normal": "normal", "healthy": "normal", "no_finding": "normal",
+    "normal": "normal",
+    "healthy": "normal",
+    "no_finding": "normal",
 }
 
 
@@ -27,25 +34,37 @@ def parse_class_map(text: str) -> dict[str, str]:
     return mapping
 
 
+def label_for_name(name: str, classes: tuple[str, ...], class_map: str = "") -> str | None:
+    """The class a folder (or finding) name stands for, or None when it names no configured class.
+
+    Lookup order: the user's `class_map`, the built-in aliases, then the name itself (exact,
+    then lower-cased). Case never matters, because the same dataset ships as `COVID` in one
+    mirror and `covid` in another. Shared by every adapter that labels by a name.
+    """
+    key = name.lower()
+    label = parse_class_map(class_map).get(key) or DEFAULT_ALIASES.get(key)
+    if label is None:
+        label = name if name in classes else key
+    return label if label in classes else None
+
+
+def split_class_path(parts: list[str]) -> tuple[str, list[str]]:
+    """Strips a leading provided-split folder (`train/`, `test/`...); returns (split, rest)."""
+    if len(parts) == 3 and parts[0].lower() in PROVIDED_SPLITS:
+        return PROVIDED_SPLITS[parts[0].lower()], parts[1:]
+    return "", parts
+
+
 class FolderSource(SourceAdapter):
     kind = "folders"
 
     def class_for_folder(self, folder: str) -> str | None:
-        custom = parse_class_map(self.options.get("class_map", ""))
-        key = folder.lower()
-        label = custom.get(key) or DEFAULT_ALIASES.get(key) or (folder if folder in self.classes else None)
-        if label is None and key in self.classes:
-            label = key
-        return label if label in self.classes else None
+        return label_for_name(folder, self.classes, self.options.get("class_map", ""))
 
     def scan(self) -> Iterator[Record | Exclusion]:
         source = self.source_name
         for path in list_files(self.root):
-            parts = self.relative(path).split("/")
-            split = ""
-            if len(parts) == 3 and parts[0].lower() in PROVIDED_SPLITS:
-                split = PROVIDED_SPLITS[parts[0].lower()]
-                parts = parts[1:]
+            split, parts = split_class_path(self.relative(path).split("/"))
             if len(parts) != 2:
                 yield Exclusion(source, path, "not_in_class_folder")
                 continue

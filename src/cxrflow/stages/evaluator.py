@@ -1,0 +1,191 @@
+"""Evaluator: test-split predictions -> TFMA metrics per slice -> metrics.json, plots, blessing.
+
+The model is run once over the test split (through its `serving_examples` signature, or the
+TTA signature when `tta > 1`) and the labels, probabilities and slicing features are stored as
+tf.Examples. TFMA then evaluates model-agnostically from those (`label_key`,
+`prediction_key`): the multi-class confusion matrix and one-vs-rest AUC per slice. Per-class
+precision, recall, specificity and F1 derive from TFMA's confusion matrix, so every number in
+metrics.json traces back to TFMA's output, which is kept beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from cxrflow import features as fk
+from cxrflow.config import PipelineConfig
+from cxrflow.io_utils import join, write_json_atomic
+from cxrflow.metrics import blessing_decision, metrics_from_confusion, metrics_from_probabilities
+
+METRICS_FILE = "metrics.json"
+SLICES_FILE = "slices.json"
+BLESSING_FILE = "blessing.json"
+CONFUSION_PNG = "confusion_matrix.png"
+PREDICTIONS_DIR = "predictions"
+SLICE_FEATURES = (fk.LABEL_KEY, fk.SOURCE_KEY, fk.VIEW_KEY, fk.SEX_KEY, fk.AGE_GROUP_KEY)
+
+
+def predict_split(model_dir: str, pattern: str, classes: Sequence[str], tta: int, batch_size: int = 32):
+    """Runs the exported model over TFRecords; returns labels, probabilities and slice features."""
+    import tensorflow as tf
+
+    model = tf.saved_model.load(model_dir)
+    keys = (fk.IMAGE_KEY, fk.LABEL_KEY, fk.PATIENT_ID_KEY, *SLICE_FEATURES[1:])
+    spec = fk.raw_feature_spec(tuple(dict.fromkeys(keys)))
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no test examples match {pattern}")
+    index = {c: i for i, c in enumerate(classes)}
+    labels, probs, extras = [], [], {k: [] for k in spec if k != fk.IMAGE_KEY}
+    for batch in tf.data.TFRecordDataset(files).batch(batch_size):
+        if tta > 1:
+            raw = tf.io.parse_example(batch, spec)
+            out = model.signatures["serving_tta"](images=raw[fk.IMAGE_KEY])
+        else:
+            raw = tf.io.parse_example(batch, spec)
+            out = model.signatures["serving_examples"](examples=batch)
+        probs.append(out["probabilities"].numpy())
+        for k in extras:
+            extras[k].extend(v.decode() for v in raw[k].numpy())
+    labels = np.array([index[c] for c in extras[fk.LABEL_KEY]], dtype=np.int64)
+    return labels, np.concatenate(probs) if probs else np.zeros((0, len(classes))), extras
+
+
+def write_prediction_examples(path: str, labels, probs, extras: dict) -> None:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(path) as writer:
+        for i, label in enumerate(labels):
+            feature = {
+                fk.LABEL_ID_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                fk.PREDICTION_KEY: tf.train.Feature(float_list=tf.train.FloatList(value=probs[i].tolist())),
+            }
+            for k, values in extras.items():
+                feature[k] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[values[i].encode()]))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def eval_config(num_classes: int):
+    from tensorflow_model_analysis.proto import config_pb2 as cfg
+
+    return cfg.EvalConfig(
+        model_specs=[cfg.ModelSpec(label_key=fk.LABEL_ID_KEY, prediction_key=fk.PREDICTION_KEY)],
+        slicing_specs=[cfg.SlicingSpec()] + [cfg.SlicingSpec(feature_keys=[k]) for k in SLICE_FEATURES],
+        metrics_specs=[
+            cfg.MetricsSpec(metrics=[
+                cfg.MetricConfig(class_name="ExampleCount"),
+                # thresholds=[0.0]: the predicted class is the argmax, every example counted.
+                cfg.MetricConfig(class_name="MultiClassConfusionMatrixPlot", config='{"thresholds": [0.0]}'),
+            ]),
+            cfg.MetricsSpec(
+                metrics=[cfg.MetricConfig(class_name="AUC")],
+                binarize=cfg.BinarizationOptions(class_ids={"values": list(range(num_classes))}),
+            ),
+        ],
+    )
+
+
+def _slice_name(slice_key) -> str:
+    return "overall" if not slice_key else ";".join(f"{k}={v}" for k, v in slice_key)
+
+
+def read_tfma_results(output_path: str, num_classes: int) -> dict[str, dict]:
+    """{slice name: {"confusion": n x n counts, "auc": {class_id: auc}, "n": count}} from TFMA."""
+    import tensorflow_model_analysis as tfma
+
+    results: dict[str, dict] = {}
+    for m in tfma.load_metrics(output_path):
+        name = _slice_name(tfma.slicer.deserialize_slice_key(m.slice_key))
+        entry = results.setdefault(name, {"auc": {}, "confusion": np.zeros((num_classes, num_classes))})
+        for kv in m.metric_keys_and_values:
+            value = kv.value.double_value.value if kv.value.HasField("double_value") else None
+            if kv.key.name == "auc" and kv.key.sub_key.HasField("class_id"):
+                entry["auc"][kv.key.sub_key.class_id.value] = value
+            elif kv.key.name == "example_count":
+                entry["n"] = int(value or 0)
+    for plots in tfma.load_plots(output_path):
+        name = _slice_name(tfma.slicer.deserialize_slice_key(plots.slice_key))
+        entry = results.setdefault(name, {"auc": {}, "confusion": np.zeros((num_classes, num_classes))})
+        for kv in plots.plot_keys_and_values:
+            matrices = kv.value.multi_class_confusion_matrix_at_thresholds.matrices
+            for e in matrices[0].entries if matrices else []:
+                if 0 <= e.predicted_class_id < num_classes:
+                    entry["confusion"][e.actual_class_id, e.predicted_class_id] = e.num_weighted_examples
+    return results
+
+
+def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = confusion.sum(axis=1, keepdims=True)
+    normalised = np.divide(confusion, rows, out=np.zeros_like(confusion, dtype=float), where=rows > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, data, title, fmt in ((axes[0], confusion, "counts", "{:.0f}"),
+                                 (axes[1], normalised, "row-normalised (recall)", "{:.2f}")):
+        ax.imshow(data, cmap="Greys", vmin=0, vmax=max(data.max(), 1e-9))
+        ax.set_title(title)
+        ax.set_xticks(range(len(classes)), classes, rotation=30)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for (i, j), v in np.ndenumerate(data):
+            dark = v > data.max() / 2
+            ax.text(j, i, fmt.format(v), ha="center", va="center", color="white" if dark else "black")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_evaluator(
+    config: PipelineConfig, model_dir: str, test_pattern: str, output_dir: str,
+    baseline_model_dir: str | None = None, beam_args: Sequence[str] = (),
+) -> dict:
+    """Evaluates on the test split; writes metrics.json, slices.json, blessing.json and the PNG.
+
+    With `baseline_model_dir` (the model being served), the baseline is evaluated on the same
+    test examples, so the change threshold compares like with like.
+    """
+    import tensorflow_model_analysis as tfma
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    os.makedirs(output_dir, exist_ok=True)
+    classes = list(config.classes)
+    labels, probs, extras = predict_split(model_dir, test_pattern, classes, config.tta, config.batch_size)
+    if len(labels) == 0:
+        raise ValueError("the test split is empty: nothing to evaluate")
+    pred_dir = join(output_dir, PREDICTIONS_DIR)
+    os.makedirs(pred_dir, exist_ok=True)
+    pred_file = join(pred_dir, "predictions.tfrecord")
+    write_prediction_examples(pred_file, labels, probs, extras)
+
+    tfma_dir = join(output_dir, "tfma")
+    tfma.run_model_analysis(
+        eval_shared_model=None, eval_config=eval_config(len(classes)), data_location=pred_file,
+        output_path=tfma_dir, pipeline_options=PipelineOptions(list(beam_args or config.beam_args)),
+    )
+    results = read_tfma_results(tfma_dir, len(classes))
+    overall = results["overall"]
+    metrics = metrics_from_confusion(overall["confusion"], classes, overall["auc"])
+    slices = {name: metrics_from_confusion(r["confusion"], classes, r["auc"]) for name, r in sorted(results.items())}
+
+    baseline_metrics = None
+    if baseline_model_dir:
+        base_labels, base_probs, _ = predict_split(baseline_model_dir, test_pattern, classes, 1, config.batch_size)
+        baseline_metrics = metrics_from_probabilities(base_labels, base_probs, classes)
+        baseline_metrics["model_dir"] = baseline_model_dir
+    blessing = blessing_decision(metrics, config, baseline_metrics)
+    write_json_atomic(join(output_dir, METRICS_FILE), metrics)
+    write_json_atomic(join(output_dir, SLICES_FILE), slices)
+    write_json_atomic(join(output_dir, BLESSING_FILE), blessing)
+    plot_confusion(np.array(metrics["confusion_matrix"], dtype=float), classes, join(output_dir, CONFUSION_PNG))
+    np.savez(join(pred_dir, "predictions.npz"), labels=labels, probabilities=probs,
+             patient_id=np.array(extras[fk.PATIENT_ID_KEY]), source=np.array(extras[fk.SOURCE_KEY]))
+    return {"metrics": metrics, "blessing": blessing}

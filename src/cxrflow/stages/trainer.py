@@ -1,0 +1,186 @@
+"""Trainer: fits the model on transformed data and exports the serving SavedModel.
+
+Follows TFX's trainer contract: `run_fn(fn_args)` receives file patterns, the transform
+output and the export and working dirs. Everything in the working dir (backup for resume,
+best checkpoint, TensorBoard logs, history) survives a killed run, so running the same
+command again resumes at the last finished epoch instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+
+from cxrflow.config import PipelineConfig
+from cxrflow.io_utils import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "training_summary.json"
+
+
+@dataclass(frozen=True)
+class FnArgs:
+    """TFX's FnArgs, reduced to what cxrflow's trainer reads."""
+
+    train_pattern: str
+    eval_pattern: str
+    transform_output: str
+    serving_model_dir: str
+    model_run_dir: str  # working dir: checkpoints, backups, logs
+    train_count: int
+    eval_count: int
+    class_weights: dict
+    config: PipelineConfig
+
+
+def _strategy():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        import keras
+
+        # Mixed precision pays off on GPUs with tensor cores; the softmax head stays float32.
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _phases(config: PipelineConfig) -> list[dict]:
+    """Training phases: one for the CNN; frozen backbone then fine-tuning for transfer."""
+    if config.model == "cnn":
+        return [{"name": "train", "epochs": config.epochs, "lr": config.learning_rate, "unfreeze": None}]
+    from cxrflow.trainer.models import FINE_TUNE_LAYERS
+
+    head = max(1, config.epochs // 3)
+    return [
+        {"name": "head", "epochs": head, "lr": config.learning_rate, "unfreeze": None},
+        {"name": "finetune", "epochs": max(1, config.epochs - head), "lr": config.learning_rate / 10,
+         "unfreeze": FINE_TUNE_LAYERS[config.model]},
+    ]
+
+
+def run_fn(fn_args: FnArgs) -> dict:
+    """Trains (resuming if the working dir holds a backup) and exports the SavedModel."""
+    import keras
+    import tensorflow_transform as tft
+
+    from cxrflow.trainer import data
+    from cxrflow.trainer.export import export_serving_model
+    from cxrflow.trainer.models import build_model, set_backbone_trainable
+
+    config = fn_args.config
+    os.makedirs(fn_args.model_run_dir, exist_ok=True)
+    tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    tft_layer = tft_output.transform_features_layer()
+    cache_dir = os.path.join(fn_args.model_run_dir, "cache")
+    for stale in (cache_dir, cache_dir + "_eval"):  # a killed run leaves locked, partial caches
+        shutil.rmtree(stale, ignore_errors=True)
+    train_ds = data.training_dataset(
+        fn_args.train_pattern, tft_layer, config.classes, fn_args.train_count, config.image_size,
+        config.batch_size, config.augmentation, config.seed, cache_dir,
+    )
+    eval_ds = data.evaluation_dataset(
+        fn_args.eval_pattern, tft_layer, config.classes, fn_args.eval_count, config.image_size,
+        config.batch_size, cache_dir + "_eval",
+    )
+    steps_per_epoch = data.steps(fn_args.train_count, config.batch_size)
+    class_weight = (
+        {i: float(fn_args.class_weights.get(c, 1.0)) for i, c in enumerate(config.classes)}
+        if config.class_weights else None
+    )
+
+    with _strategy().scope():
+        model = build_model(config.model, config.image_size, len(config.classes), config.weights, config.seed)
+
+    best_path = os.path.join(fn_args.model_run_dir, "best.weights.h5")
+    history: list[dict] = []
+    for phase in _phases(config):
+        set_backbone_trainable(model, phase["unfreeze"])
+        schedule = keras.optimizers.schedules.CosineDecay(
+            phase["lr"], decay_steps=phase["epochs"] * steps_per_epoch, alpha=0.05,
+            warmup_target=None,
+        )
+        model.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=1e-4),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        if phase["name"] == "finetune" and os.path.exists(best_path):
+            model.load_weights(best_path)  # fine-tune from the best head, not the last
+        callbacks = [
+            # BackupAndRestore is what makes a killed run resume at its last finished epoch.
+            keras.callbacks.BackupAndRestore(os.path.join(fn_args.model_run_dir, "backup", phase["name"])),
+            keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True,
+                                            save_weights_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
+            keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "logs"), update_freq="epoch"),
+            keras.callbacks.CSVLogger(os.path.join(fn_args.model_run_dir, f"history_{phase['name']}.csv"),
+                                      append=True),
+        ]
+        fit = model.fit(
+            train_ds, epochs=phase["epochs"], steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
+            validation_steps=data.steps(fn_args.eval_count, config.batch_size),
+            class_weight=class_weight, callbacks=callbacks, verbose=2,
+        )
+        history += [
+            {"phase": phase["name"], "epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
+            for i in range(len(fit.history.get("loss", [])))
+        ]
+    if os.path.exists(best_path):
+        model.load_weights(best_path)  # early stopping keeps the best epoch, not the last
+
+    tmp_export = fn_args.serving_model_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp_export, ignore_errors=True)
+    export_serving_model(model, tft_layer, config.classes, config.image_size, config.normalization, config.tta,
+                         tmp_export)
+    shutil.rmtree(fn_args.serving_model_dir, ignore_errors=True)
+    os.replace(tmp_export, fn_args.serving_model_dir)
+    summary = {
+        "model": config.model,
+        "epochs_run": len(history),
+        "steps_per_epoch": steps_per_epoch,
+        "train_count": fn_args.train_count,
+        "eval_count": fn_args.eval_count,
+        "class_weight": class_weight,
+        "history": history,
+    }
+    write_json_atomic(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), summary)
+    log.info("trained %s for %d epochs", config.model, len(history))
+    return summary
+
+
+def run_trainer(
+    config: PipelineConfig, examples_dir: str, transform_dir: str, resample_dir: str, model_dir: str, run_dir: str
+) -> dict:
+    """Stage entry: reads the upstream artifacts and calls run_fn."""
+    from cxrflow.io_utils import read_json
+    from cxrflow.stages.example_gen import REPORT_FILE, split_pattern
+    from cxrflow.stages.resample import RESAMPLE_FILE
+
+    report = read_json(os.path.join(examples_dir, REPORT_FILE))
+    resample = read_json(os.path.join(resample_dir, RESAMPLE_FILE))
+    train_count = sum(resample["counts_after"].values())
+    eval_count = sum(report["splits"]["eval"].values())
+    if train_count == 0 or eval_count == 0:
+        raise ValueError(f"need training and eval examples, got train={train_count} eval={eval_count}: "
+                         "add data or lower eval_fraction")
+    args = FnArgs(
+        train_pattern=resample["train_pattern"],
+        eval_pattern=split_pattern(examples_dir, "eval"),
+        transform_output=transform_dir,
+        serving_model_dir=model_dir,
+        model_run_dir=run_dir,
+        train_count=train_count,
+        eval_count=eval_count,
+        class_weights=resample["class_weights"],
+        config=config,
+    )
+    summary = run_fn(args)
+    print(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+    return summary

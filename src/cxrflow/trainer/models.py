@@ -1,0 +1,119 @@
+"""Model builders: a custom CNN for grayscale X-rays and keras.applications transfer models."""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+# Backbones keep their names so a weights file made for keras.applications loads by name.
+BACKBONES = {
+    "resnet50": "ResNet50",
+    "mobilenetv2": "MobileNetV2",
+}
+# Layers unfrozen in the second (fine-tuning) phase, counted from the top of the backbone.
+FINE_TUNE_LAYERS = {"resnet50": 30, "mobilenetv2": 40}
+BACKBONE_LAYER_NAME = "backbone"
+
+
+def build_cnn(image_size: int, num_classes: int, seed: int = 0, dropout: float = 0.3) -> keras.Model:
+    """A compact CNN sized for grayscale chest X-rays from 32 to 2048 px.
+
+    No BatchNorm: with the ~10-20 steps an epoch of small medical sets, batch statistics
+    collapsed a CNN like this to one class; ReLU + He init + weight decay train stably here.
+    A strided stem brings 512-px input down cheaply; pooling blocks stop at ~8x8 so deeper
+    layers see the whole thorax.
+    """
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = inputs
+    size = image_size
+    if image_size >= 256:
+        x = keras.layers.Conv2D(16, 5, strides=2, padding="same", activation="relu",
+                                kernel_initializer=keras.initializers.HeNormal(seed=seed), name="stem")(x)
+        size //= 2
+    filters = 16
+    block = 0
+    while size > 8 and block < 5:
+        block += 1
+        for j in range(2):
+            x = keras.layers.Conv2D(
+                filters, 3, padding="same", activation="relu",
+                kernel_initializer=keras.initializers.HeNormal(seed=seed + 10 * block + j),
+                name=f"block{block}_conv{j + 1}",
+            )(x)
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        size //= 2
+        filters = min(filters * 2, 256)
+    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
+                            kernel_initializer=keras.initializers.HeNormal(seed=seed + 99), name="last_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, _head(x, num_classes, seed, dropout), name="cxr_cnn")
+
+
+def _head(x, num_classes: int, seed: int, dropout: float):
+    x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities",
+                              kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
+
+
+def resolve_weights(weights: str) -> str | None:
+    """`imagenet` | `none` | a local weights file -> the value keras.applications takes."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"weights file not found: {weights} (use imagenet, none or a local .h5 path)")
+    return weights
+
+
+def build_transfer(
+    name: str, image_size: int, num_classes: int, weights: str, seed: int = 0, dropout: float = 0.3
+) -> keras.Model:
+    """A keras.applications backbone with the 1-channel input adapted to its 3 channels.
+
+    The grayscale image is repeated to 3 channels and rescaled from [0,1] to the backbone's
+    expected range, so ImageNet filters see inputs like the ones they were trained on.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    x = keras.layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])
+    # Both backbones' preprocess_input amount to an affine map of [0,255] pixels.
+    if name == "mobilenetv2":
+        x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
+    else:  # resnet50: caffe-style BGR mean subtraction on 0..255 (mean of ImageNet's means)
+        x = keras.layers.Rescaling(255.0, offset=-114.8, name="to_caffe")(x)
+    resolved = resolve_weights(weights)
+    app = getattr(keras.applications, BACKBONES[name])
+    backbone = app(
+        include_top=False,
+        weights=resolved if resolved == "imagenet" else None,
+        input_shape=(image_size, image_size, 3),
+        pooling="avg",
+    )
+    if resolved not in (None, "imagenet"):
+        backbone.load_weights(resolved, skip_mismatch=True)
+    backbone.name = BACKBONE_LAYER_NAME
+    x = backbone(x)
+    return keras.Model(inputs, _head(x, num_classes, seed, dropout), name=f"cxr_{name}")
+
+
+def set_backbone_trainable(model: keras.Model, top_layers: int | None) -> None:
+    """Freezes the backbone (top_layers=None) or unfreezes only its top `top_layers` layers."""
+    try:
+        backbone = model.get_layer(BACKBONE_LAYER_NAME)
+    except ValueError:
+        return  # the custom CNN has no backbone
+    if top_layers is None:
+        backbone.trainable = False
+        return
+    backbone.trainable = True
+    for layer in backbone.layers[:-top_layers]:
+        layer.trainable = False
+
+
+def build_model(name: str, image_size: int, num_classes: int, weights: str = "none", seed: int = 0) -> keras.Model:
+    if name == "cnn":
+        return build_cnn(image_size, num_classes, seed)
+    return build_transfer(name, image_size, num_classes, weights, seed)
