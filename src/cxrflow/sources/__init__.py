@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from cxrflow.sources.base import Exclusion, Record, SourceAdapter
+from cxrflow.sources.dicom import DicomSource
 from cxrflow.sources.folders import FolderSource
+from cxrflow.sources.ieee import IeeeSource
+from cxrflow.sources.kaggle import KaggleSource
 
-ADAPTERS: dict[str, type[SourceAdapter]] = {FolderSource.kind: FolderSource}
+ADAPTERS: dict[str, type[SourceAdapter]] = {
+    adapter.kind: adapter for adapter in (FolderSource, IeeeSource, KaggleSource, DicomSource)
+}
 
 
 def adapter_for(entry: str, classes: tuple[str, ...], options: dict[str, str] | None = None) -> SourceAdapter:

@@ -11,8 +11,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from cxrflow.features import SPLITS
-from cxrflow.images import thumbnails_match
+from cxrflow.images import NEAR_DUPLICATE_MAX_RMS, hash_bands, thumbnail_distances
 
 
 @dataclass(frozen=True)
@@ -34,17 +36,21 @@ def _rank(seed: int, key: str) -> str:
 def deduplicate(images: Iterable[ImageMeta]) -> tuple[list[ImageMeta], list[dict]]:
     """Collapses exact (file hash) and re-encoded/resized (pixel) copies onto one image.
 
-    Exact copies share a file hash. Near copies share the coarse pixel hash (a blocking key)
-    and are then confirmed by comparing thumbnails, so that two different X-rays with a similar
-    layout are never merged. The survivor is the copy with the smallest image_id, so the choice
-    does not depend on the order in which a runner delivers elements.
+    Exact copies share a file hash. Near copies are found by locality-sensitive blocking: every
+    row of the pixel dHash is a key (`hash_bands`), so a copy that flips a few hash bits still
+    shares most keys with its original, where one whole-hash key would miss it. Candidates are
+    then confirmed by comparing thumbnails, so that two different X-rays with a similar layout
+    are never merged. Images are visited in image_id order and each is compared with the kept
+    images before it, so the survivor is the copy with the smallest image_id whatever order a
+    runner delivers elements in.
     Returns (kept, duplicates report rows).
     """
     duplicates: list[dict] = []
 
     def note(dup: ImageMeta, kept: ImageMeta, match: str) -> None:
-        duplicates.append({"image_id": dup.image_id, "kept": kept.image_id, "match": match,
-                           "label_conflict": dup.label != kept.label})
+        duplicates.append(
+            {"image_id": dup.image_id, "kept": kept.image_id, "match": match, "label_conflict": dup.label != kept.label}
+        )
 
     exact: dict[str, list[ImageMeta]] = defaultdict(list)
     for image in images:
@@ -55,22 +61,26 @@ def deduplicate(images: Iterable[ImageMeta]) -> tuple[list[ImageMeta], list[dict
         survivors.append(group[0])
         for dup in group[1:]:
             note(dup, group[0], "exact")
+    survivors.sort(key=lambda m: m.image_id)
 
-    blocks: dict[str, list[ImageMeta]] = defaultdict(list)
-    for image in survivors:
-        blocks[image.pixel_hash].append(image)
     kept: list[ImageMeta] = []
-    for block in blocks.values():
-        block.sort(key=lambda m: m.image_id)
-        representatives: list[ImageMeta] = []
-        for image in block:
-            twin = next((r for r in representatives if thumbnails_match(r.thumbnail, image.thumbnail)), None)
-            if twin is None:
-                representatives.append(image)
-            else:
-                note(image, twin, "pixels")
-        kept.extend(representatives)
-    kept.sort(key=lambda m: m.image_id)
+    blocks: dict[str, list[int]] = defaultdict(list)  # band key -> indexes into `kept`
+    for image in survivors:
+        keys = hash_bands(image.pixel_hash)
+        size = len(image.thumbnail)
+        candidates = sorted({i for key in keys for i in blocks.get(key, ()) if len(kept[i].thumbnail) == size})
+        twin = None
+        if candidates and size:
+            distances = thumbnail_distances(image.thumbnail, [kept[i].thumbnail for i in candidates])
+            matches = np.flatnonzero(distances <= NEAR_DUPLICATE_MAX_RMS)
+            # `kept` is in image_id order, so the first match is the smallest id.
+            twin = kept[candidates[int(matches[0])]] if len(matches) else None
+        if twin is not None:
+            note(image, twin, "pixels")
+            continue
+        for key in keys:
+            blocks[key].append(len(kept))
+        kept.append(image)
     return kept, duplicates
 
 

@@ -16,6 +16,17 @@ FINE_TUNE_LAYERS = {"resnet50": 30, "mobilenetv2": 40}
 BACKBONE_LAYER_NAME = "backbone"
 
 
+@keras.saving.register_keras_serializable(package="cxrflow")
+class PerImageStandardization(keras.layers.Layer):
+    """Zero mean, unit variance per image: exposure varies between machines, and without
+    BatchNorm this keeps activations in a range where the first epochs already learn."""
+
+    def call(self, images):
+        mean = keras.ops.mean(images, axis=(1, 2, 3), keepdims=True)
+        std = keras.ops.std(images, axis=(1, 2, 3), keepdims=True)
+        return (images - mean) / keras.ops.maximum(std, 1e-3)
+
+
 def build_cnn(image_size: int, num_classes: int, seed: int = 0, dropout: float = 0.3) -> keras.Model:
     """A compact CNN sized for grayscale chest X-rays from 32 to 2048 px.
 
@@ -25,7 +36,7 @@ def build_cnn(image_size: int, num_classes: int, seed: int = 0, dropout: float =
     layers see the whole thorax.
     """
     inputs = keras.Input((image_size, image_size, 1), name="image")
-    x = inputs
+    x = PerImageStandardization(name="standardize")(inputs)
     size = image_size
     if image_size >= 256:
         x = keras.layers.Conv2D(16, 5, strides=2, padding="same", activation="relu",

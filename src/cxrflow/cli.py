@@ -1,0 +1,242 @@
+"""`cxrflow` command line: builds a config from flags and calls the runners; no logic of its own.
+
+User errors (bad flags, missing data, a finished run in the way) print one clear line and exit
+with status 2; nothing prints a traceback unless CXRFLOW_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from cxrflow.config import DEFAULT_CLASSES, MODELS, RESAMPLE_MODES, Augmentation, PipelineConfig, Resources
+
+DEMO_OUTPUT = os.path.join("runs", "demo")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
+    p.add_argument("--data", action="append", default=[], required=data_required, metavar="KIND:PATH",
+                   help="a dataset to read, e.g. folders:/data/cxr (repeatable; all are merged)")
+    p.add_argument("--classes", type=_csv, default=DEFAULT_CLASSES, help="comma-separated class names")
+    p.add_argument("--views", type=_csv, default=("PA",), help="IEEE views to keep, e.g. PA,AP")
+    p.add_argument("--class-map", default="", help="FOLDER=CLASS,... folder-name overrides")
+    p.add_argument("--image-size", type=int, default=512)
+    p.add_argument("--normalization", choices=("unit", "zscore"), default="unit")
+    p.add_argument("--model", choices=MODELS, default="cnn")
+    p.add_argument("--weights", default="none", help="imagenet | none | path to a local weights file")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--resample", choices=RESAMPLE_MODES, default="none")
+    p.add_argument("--no-class-weights", action="store_true", help="train without inverse-frequency weights")
+    p.add_argument("--flip", action="store_true", help="enable random horizontal flips (off: CXR orientation)")
+    p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = off)")
+    p.add_argument("--serving-dir", default=None, help="where blessed models are pushed (default OUTPUT/serving)")
+    p.add_argument("--model-name", default="cxrflow")
+    p.add_argument("--keep", type=int, default=0, help="keep only the newest N pushed versions (0 = all)")
+    p.add_argument("--min-macro-recall", type=float, default=0.8)
+    p.add_argument("--min-recall", default="covid=0.9", help="CLASS=VALUE,... recall floors for blessing")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--base-image", default="python:3.11-slim", help="container image for every KFP task")
+    p.add_argument("--trainer-accelerator", default="", help="e.g. NVIDIA_TESLA_T4")
+    p.add_argument("--trainer-gpus", type=int, default=0)
+    p.add_argument("--trainer-cpu", default="")
+    p.add_argument("--trainer-memory", default="")
+    p.add_argument("--task-cpu", default="")
+    p.add_argument("--task-memory", default="")
+    p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
+                   help="passed to every Beam stage, e.g. --beam-arg=--runner=DataflowRunner")
+
+
+def _min_recall(text: str) -> tuple[tuple[str, float], ...]:
+    out = []
+    for item in _csv(text):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--min-recall takes CLASS=VALUE, got {item!r}")
+        out.append((name, float(value)))
+    return tuple(out)
+
+
+def config_from_args(args: argparse.Namespace, output_dir: str | None = None) -> PipelineConfig:
+    serving_dir = args.serving_dir or (os.path.join(os.path.abspath(output_dir), "serving") if output_dir else "")
+    min_recall = tuple((c, v) for c, v in _min_recall(args.min_recall) if c in args.classes)
+    return PipelineConfig(
+        data=tuple(_absolute_data(d) for d in args.data), classes=tuple(args.classes), views=tuple(args.views),
+        class_map=args.class_map, image_size=args.image_size, normalization=args.normalization,
+        model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
+        augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,
+        model_name=args.model_name, keep_versions=args.keep, min_macro_recall=args.min_macro_recall,
+        min_recall=min_recall, seed=args.seed, base_image=args.base_image, beam_args=tuple(args.beam_arg),
+        trainer_resources=Resources(args.trainer_cpu, args.trainer_memory, args.trainer_accelerator,
+                                    args.trainer_gpus),
+        default_resources=Resources(args.task_cpu, args.task_memory),
+    )
+
+
+def _absolute_data(entry: str) -> str:
+    """KIND:PATH with a local PATH made absolute: KFP tasks run in other working dirs."""
+    kind, sep, path = entry.partition(":")
+    if sep and path and "://" not in path:
+        return f"{kind}:{os.path.abspath(path)}"
+    return entry
+
+
+def print_metrics(metrics: dict) -> None:
+    classes = metrics["classes"]
+    print(f"\nTest split: n={metrics['n']}  accuracy={metrics['accuracy']:.3f}  "
+          f"macro recall={metrics['macro_recall']:.3f}")
+    print(f"{'class':<12}{'precision':>10}{'recall':>10}{'specif.':>10}{'f1':>8}{'auc':>8}{'support':>9}")
+    for name in classes:
+        m = metrics["per_class"][name]
+        auc = "-" if m["auc"] is None else f"{m['auc']:.3f}"
+        print(f"{name:<12}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['specificity']:>10.3f}"
+              f"{m['f1']:>8.3f}{auc:>8}{m['support']:>9}")
+    print("confusion matrix (rows true, columns predicted):")
+    width = max(len(c) for c in classes) + 2
+    print(" " * width + "".join(f"{c:>{width}}" for c in classes))
+    for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
+        print(f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+
+
+def _finish_run(output: str) -> None:
+    from cxrflow.io_utils import read_json
+
+    print_metrics(read_json(os.path.join(output, "metrics.json")))
+    blessing = read_json(os.path.join(output, "blessing.json"))
+    print("\nblessed" if blessing["blessed"] else "\nNOT blessed", *blessing["reasons"], sep="\n  ")
+    push_path = os.path.join(output, "push.json")
+    push = read_json(push_path) if os.path.exists(push_path) else {"pushed": False}
+    print(f"pushed version {push['version']} to {push['path']}" if push.get("pushed")
+          else f"nothing pushed: {push.get('reason', 'see blessing')}")
+    print(f"results in {output}/ (metrics.json, slices.json, confusion_matrix.png, ingest_report.json)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cxrflow.runs import run_pipeline_locally
+    from cxrflow.sample_data import write_sample_dataset
+
+    output = os.path.abspath(args.output)
+    data_dir = os.path.join(output, "sample_data")
+    if not os.path.isdir(data_dir):
+        print(f"writing the synthetic sample dataset to {data_dir} ...", flush=True)
+        write_sample_dataset(data_dir, per_class=args.per_class)
+    config = PipelineConfig(
+        data=(f"folders:{data_dir}",), image_size=args.image_size, epochs=args.epochs, batch_size=16,
+        serving_dir=os.path.join(output, "serving"), seed=args.seed,
+    )
+    print(f"running the pipeline locally through kfp.local into {output} ...", flush=True)
+    run_pipeline_locally(config, output, force=args.force)
+    _finish_run(output)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cxrflow.runs import run_pipeline_locally
+
+    output = os.path.abspath(args.output)
+    config = config_from_args(args, output)
+    run_pipeline_locally(config, output, force=args.force)
+    _finish_run(output)
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from cxrflow.stages.example_gen import run_example_gen
+
+    config = config_from_args(args)
+    report = run_example_gen(config, os.path.abspath(args.output))
+    for source, s in report["sources"].items():
+        print(f"{source}: {s['rows']} rows, kept {s['kept']}, excluded {s['excluded']}")
+    print(f"duplicates removed: {report['duplicates_removed']}; patient overlap: {report['patient_overlap']}")
+    for split, counts in report["splits"].items():
+        print(f"{split:>5}: {counts}")
+    print(f"report: {os.path.join(args.output, 'ingest_report.json')}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from cxrflow.pipeline import compile_pipeline
+
+    path = compile_pipeline(config_from_args(args), args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cxrflow.predict import predict_files
+
+    return predict_files(args.images, args.model, as_json=args.json, tta=args.tta,
+                         max_pixels=args.max_pixels)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxrflow", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline on the bundled synthetic sample")
+    demo.add_argument("--output", default=DEMO_OUTPUT)
+    demo.add_argument("--per-class", type=int, default=120)
+    demo.add_argument("--image-size", type=int, default=128)
+    demo.add_argument("--epochs", type=int, default=25)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--force", action="store_true", help="run again into an output dir with a finished run")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run the whole pipeline locally on your data")
+    _add_config_flags(run, data_required=True)
+    run.add_argument("--output", required=True)
+    run.add_argument("--force", action="store_true", help="run again into an output dir with a finished run")
+    run.set_defaults(func=cmd_run)
+
+    ingest = sub.add_parser("ingest", help="run ExampleGen alone and print the ingestion report")
+    _add_config_flags(ingest, data_required=True)
+    ingest.add_argument("--output", required=True)
+    ingest.set_defaults(func=cmd_ingest)
+
+    comp = sub.add_parser("compile", help="write the KFP IR YAML for Kubeflow or Vertex AI Pipelines")
+    _add_config_flags(comp, data_required=False)
+    comp.add_argument("--output", default="pipeline.yaml")
+    comp.set_defaults(func=cmd_compile)
+
+    pred = sub.add_parser("predict", help="classify image files with an exported or pushed model")
+    pred.add_argument("images", nargs="+")
+    pred.add_argument("--model", required=True, help="a SavedModel dir (e.g. runs/demo/serving/cxrflow/1)")
+    pred.add_argument("--tta", type=int, default=1)
+    pred.add_argument("--json", action="store_true")
+    pred.add_argument("--max-pixels", type=int, default=50_000_000)
+    pred.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cxrflow.config import ConfigError
+    from cxrflow.runs import RunExists
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, RunExists, ValueError, FileNotFoundError, KeyboardInterrupt) as e:
+        if os.environ.get("CXRFLOW_DEBUG"):
+            raise
+        message = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        print(f"cxrflow: error: {message}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # a failed pipeline task (kfp.local) or stage
+        if os.environ.get("CXRFLOW_DEBUG"):
+            raise
+        print(f"cxrflow: failed: {e}", file=sys.stderr)
+        print(json.dumps({"hint": "rerun with CXRFLOW_DEBUG=1 for the full traceback"}), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""`cxrflow predict`: classify files with a local SavedModel, one clear error per bad file.
+
+Each file is checked with the same rules as ExampleGen (size limit, decodability, re-encoding
+of modes TF cannot decode, such as CMYK JPEG) before the good ones go to the model together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from cxrflow.images import ImageRejected, check_image
+
+REASON_TEXT = {
+    "empty": "empty file",
+    "not_image": "not an image file",
+    "too_large": "image exceeds the size limit",
+    "too_small": "image too small to be an X-ray",
+    "corrupt": "corrupt or truncated image",
+}
+
+
+def check_files(paths: Sequence[str], max_pixels: int) -> tuple[list[tuple[str, bytes]], list[dict]]:
+    good, errors = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            good.append((path, check_image(data, max_pixels).data))
+        except ImageRejected as e:
+            errors.append({"file": path, "error": f"{REASON_TEXT.get(e.reason, e.reason)} ({e.detail})"})
+        except OSError as e:
+            errors.append({"file": path, "error": e.strerror or str(e)})
+    return good, errors
+
+
+def predict_bytes(model_dir: str, images: Sequence[bytes], tta: int = 1) -> list[dict]:
+    import tensorflow as tf
+
+    model = tf.saved_model.load(model_dir)
+    signature = model.signatures["serving_tta" if tta > 1 else "serving_default"]
+    classes = [c.decode() for c in model.signatures["metadata"]()["classes"].numpy()]
+    out = signature(images=tf.constant(list(images), dtype=tf.string))
+    results = []
+    for i, probs in enumerate(out["probabilities"].numpy()):
+        results.append({
+            "class": out["class_name"].numpy()[i].decode(),
+            "probabilities": {c: float(p) for c, p in zip(classes, probs, strict=True)},
+        })
+    return results
+
+
+def predict_files(paths: Sequence[str], model_dir: str, as_json: bool = False, tta: int = 1,
+                  max_pixels: int = 50_000_000) -> int:
+    """Prints one result or error per file; exit status 0 all ok, 1 some failed, 2 none predicted."""
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"model dir not found: {model_dir}")
+    good, errors = check_files(paths, max_pixels)
+    results = []
+    if good:
+        predictions = predict_bytes(model_dir, [data for _, data in good], tta)
+        results = [{"file": path, **p} for (path, _), p in zip(good, predictions, strict=True)]
+    if as_json:
+        print(json.dumps({"predictions": results, "errors": errors}, indent=2))
+    else:
+        for r in results:
+            probs = "  ".join(f"{c}={p:.3f}" for c, p in r["probabilities"].items())
+            print(f"{r['file']}: {r['class']}  ({probs})")
+        for e in errors:
+            print(f"{e['file']}: ERROR {e['error']}", file=sys.stderr)
+    if not results:
+        return 2
+    return 1 if errors else 0

@@ -1,0 +1,82 @@
+"""Local runs: an output dir that holds one run's pipeline root, its headline files and the
+serving dir, and the rules for reusing or refusing it."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+from cxrflow.config import PipelineConfig
+from cxrflow.io_utils import read_json, write_json_atomic
+
+PIPELINE_ROOT = "pipeline_root"
+RUN_CONFIG = "run_config.json"
+# Files copied from the run's artifacts to the output dir, by (task, artifact) folder.
+HEADLINE_FILES = {
+    "metrics.json": ("evaluator", "evaluation"),
+    "slices.json": ("evaluator", "evaluation"),
+    "blessing.json": ("evaluator", "evaluation"),
+    "confusion_matrix.png": ("evaluator", "evaluation"),
+    "ingest_report.json": ("example-gen", "examples"),
+    "push.json": ("pusher", "pushed"),
+    "training_summary.json": ("trainer", "model_run"),
+}
+
+
+class RunExists(RuntimeError):
+    """The output dir already holds a finished run."""
+
+
+def prepare_output(output_dir: str, force: bool) -> None:
+    """Refuses to overwrite a finished run unless `force`; then clears the old pipeline root.
+
+    The serving dir is never cleared: it is the deployment, and the next push compares against
+    (and versions after) what it holds.
+    """
+    finished = os.path.exists(os.path.join(output_dir, "metrics.json"))
+    if finished and not force:
+        raise RunExists(
+            f"{output_dir} already holds a finished run (metrics.json); pass --force to run again "
+            "there (the serving dir is kept) or choose another --output"
+        )
+    shutil.rmtree(os.path.join(output_dir, PIPELINE_ROOT), ignore_errors=True)
+    for name in HEADLINE_FILES:
+        path = os.path.join(output_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+    os.makedirs(output_dir, exist_ok=True)
+
+
+def latest_run_dir(output_dir: str) -> str:
+    runs = sorted(glob.glob(os.path.join(output_dir, PIPELINE_ROOT, "*")), key=os.path.getmtime)
+    if not runs:
+        raise FileNotFoundError(f"no pipeline run found under {output_dir}/{PIPELINE_ROOT}")
+    return runs[-1]
+
+
+def collect_outputs(output_dir: str) -> dict[str, str]:
+    """Copies the headline files of the newest run to `output_dir`; returns what was copied."""
+    run = latest_run_dir(output_dir)
+    copied = {}
+    for name, (task, artifact) in HEADLINE_FILES.items():
+        src = os.path.join(run, task, artifact, name)
+        if os.path.exists(src):
+            dst = os.path.join(output_dir, name)
+            tmp = dst + ".tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+            copied[name] = dst
+    return copied
+
+
+def run_pipeline_locally(config: PipelineConfig, output_dir: str, force: bool = False) -> dict:
+    """Prepares `output_dir`, runs the pipeline through kfp.local and collects the results."""
+    from cxrflow.pipeline import run_local
+
+    prepare_output(output_dir, force)
+    write_json_atomic(os.path.join(output_dir, RUN_CONFIG), json.loads(config.to_json()))
+    run_local(config, os.path.join(output_dir, PIPELINE_ROOT))
+    collect_outputs(output_dir)
+    return read_json(os.path.join(output_dir, "metrics.json"))
