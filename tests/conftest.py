@@ -90,7 +90,7 @@ def png_bytes(mode: str = "L", size: tuple[int, int] = (80, 64), bits16: bool = 
     img = Image.fromarray((pixels * 255).astype("uint8")).resize(size)
     if bits16:
         img = Image.fromarray((np.asarray(img, dtype=np.uint16) * 257))
-    elif mode != "L":
+    elif mode not in ("L", "JPEG"):
         img = img.convert(mode)
     buf = io.BytesIO()
     img.save(buf, format="JPEG" if mode == "CMYK" or mode == "JPEG" else "PNG")

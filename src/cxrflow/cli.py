@@ -178,6 +178,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          max_pixels=args.max_pixels)
 
 
+def _deploy(args: argparse.Namespace, cron: str | None) -> int:
+    """submit/schedule: exactly one target, KFP (--kfp-host) or Vertex AI (--vertex)."""
+    from cxrflow import deploy
+
+    if bool(args.vertex) == bool(args.kfp_host):
+        raise ValueError("choose one target: --kfp-host URL or --vertex (with --project, --region, --pipeline-root)")
+    if args.vertex:
+        common = {"project": args.project or "", "region": args.region or "", "pipeline_root": args.pipeline_root or "",
+                  "display_name": args.display_name, "service_account": args.service_account}
+        if cron is None:
+            result = deploy.submit_vertex(args.package, **common)
+        else:
+            result = deploy.schedule_vertex(args.package, cron=cron, **common)
+    elif cron is None:
+        result = deploy.submit_kfp(args.package, args.kfp_host, experiment=args.experiment)
+    else:
+        result = deploy.schedule_kfp(args.package, args.kfp_host, cron=cron, experiment=args.experiment or "cxrflow")
+    print(f"{'scheduled' if cron else 'submitted'}: {result}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    return _deploy(args, None)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    return _deploy(args, args.cron)
+
+
+def _add_deploy_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--package", default="pipeline.yaml", help="compiled pipeline YAML (cxrflow compile)")
+    p.add_argument("--kfp-host", default="", help="Kubeflow Pipelines API URL")
+    p.add_argument("--vertex", action="store_true", help="submit to Vertex AI Pipelines")
+    p.add_argument("--project", default="")
+    p.add_argument("--region", default="")
+    p.add_argument("--pipeline-root", default="", help="gs:// root for Vertex run artifacts")
+    p.add_argument("--service-account", default=None)
+    p.add_argument("--display-name", default="cxrflow")
+    p.add_argument("--experiment", default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--json", action="store_true")
     pred.add_argument("--max-pixels", type=int, default=50_000_000)
     pred.set_defaults(func=cmd_predict)
+
+    submit = sub.add_parser("submit", help="submit the compiled pipeline to KFP or Vertex AI")
+    _add_deploy_flags(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    schedule = sub.add_parser("schedule", help="retrain on a cron schedule on KFP or Vertex AI")
+    _add_deploy_flags(schedule)
+    schedule.add_argument("--cron", required=True, help='standard 5-field cron, e.g. "0 3 * * 1"')
+    schedule.set_defaults(func=cmd_schedule)
     return parser
 
 

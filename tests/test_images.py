@@ -1,0 +1,53 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrflow.images import ImageRejected, check_image
+from tests.conftest import png_bytes
+
+
+def forged_png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size; decoding it would allocate gigabytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"<html><body>not an image</body></html>", "not_image"),
+        (png_bytes()[:200], "corrupt"),
+        (forged_png_header(20000, 20000), "too_large"),
+        (png_bytes(size=(1, 1)), "too_small"),
+    ],
+)
+def test_rejects_bad_files_with_a_reason(data, reason):
+    with pytest.raises(ImageRejected) as info:
+        check_image(data, max_pixels=50_000_000)
+    assert info.value.reason == reason
+
+
+def test_keeps_tf_decodable_bytes_and_reencodes_cmyk():
+    gray = png_bytes()
+    assert check_image(gray, 10**8).data == gray
+    img = Image.open(io.BytesIO(png_bytes("RGB"))).convert("CMYK")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    checked = check_image(buf.getvalue(), 10**8)
+    assert checked.reencoded and checked.data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sixteen_bit_png_keeps_its_depth():
+    data = png_bytes(bits16=True)
+    checked = check_image(data, 10**8)
+    assert not checked.reencoded and checked.mode.startswith("I;16")
+    assert np.asarray(Image.open(io.BytesIO(checked.data))).max() > 255

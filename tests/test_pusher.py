@@ -1,0 +1,53 @@
+import json
+import os
+
+import pytest
+
+from cxrflow.stages import pusher
+
+
+def _model(tmp_path, name="m"):
+    d = tmp_path / name
+    (d / "variables").mkdir(parents=True)
+    (d / "saved_model.pb").write_bytes(b"pb")
+    return str(d)
+
+
+def _evaluation(tmp_path, blessed):
+    d = tmp_path / f"eval-{blessed}"
+    d.mkdir()
+    (d / "blessing.json").write_text(json.dumps({"blessed": blessed, "reasons": ["macro_recall = 0.5 < 0.8"]}))
+    return str(d)
+
+
+def test_pushes_increasing_versions_and_prunes(tmp_path):
+    serving = str(tmp_path / "serving")
+    model = _model(tmp_path)
+    for expected in (1, 2, 3):
+        result = pusher.run_pusher(model, _evaluation(tmp_path, True) if expected == 1 else str(tmp_path / "eval-True"),
+                                   serving, "cxr", keep=2)
+        assert result["version"] == expected
+    assert pusher.complete_versions(serving, "cxr") == [2, 3]
+    assert os.path.exists(os.path.join(serving, "cxr", "3", "saved_model.pb"))
+
+
+def test_unblessed_model_pushes_nothing_and_says_why(tmp_path):
+    result = pusher.run_pusher(_model(tmp_path), _evaluation(tmp_path, False), str(tmp_path / "s"), "cxr")
+    assert result["pushed"] is False and "not blessed" in result["reason"]
+    assert not os.path.exists(tmp_path / "s")
+
+
+def test_a_failed_copy_leaves_no_version_behind(tmp_path, monkeypatch):
+    serving = str(tmp_path / "serving")
+    pusher.push(_model(tmp_path), serving, "cxr")
+
+    def broken_copy(src, dst):
+        os.makedirs(dst)
+        open(os.path.join(dst, "saved_model.pb"), "w").close()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pusher.shutil, "copytree", broken_copy)
+    with pytest.raises(OSError):
+        pusher.push(_model(tmp_path), serving, "cxr")
+    assert os.listdir(os.path.join(serving, "cxr")) == ["1"]
+    assert pusher.latest_model_dir(serving, "cxr").endswith("/1")
