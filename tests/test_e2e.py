@@ -12,8 +12,8 @@ from tests.conftest import png_bytes, read_json
 @pytest.mark.e2e
 def test_demo_pipeline_end_to_end_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "cxrflow.cli", "demo", "--output", str(out), "--per-class", "40",
-           "--image-size", "64", "--epochs", "12"]
+    cmd = [sys.executable, "-m", "cxrflow.cli", "demo", "--output", str(out), "--per-class", "60",
+           "--image-size", "64", "--epochs", "30"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = read_json(out / "metrics.json")
