@@ -59,6 +59,16 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, which the format puts first; None otherwise."""
+    if len(data) < 24 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def check_image(data: bytes, max_pixels: int) -> CheckedImage:
     """Validates encoded image bytes; raises ImageRejected with a reason code otherwise.
 
@@ -73,6 +83,11 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
         from cxrflow.sources.dicom import dicom_to_png_bytes  # lazy: pydicom only for DICOM
 
         data = dicom_to_png_bytes(data, max_pixels)
+    declared = _png_declared_size(data)
+    if declared and declared[0] * declared[1] > max_pixels:
+        # Read from the header bytes: PIL would reject a header-only bomb as "not an image"
+        # (no IDAT yet), hiding what it is.
+        raise ImageRejected("too_large", f"{declared[0]}x{declared[1]} exceeds {max_pixels} pixels")
     try:
         with warnings.catch_warnings():
             # PIL warns (not raises) between max_pixels and 2x max_pixels; we check ourselves.

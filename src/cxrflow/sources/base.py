@@ -68,8 +68,8 @@ class SourceAdapter(ABC):
         """Joins `relative` to the root; None when it would escape it (`../`, absolute paths)."""
         if not relative or relative.startswith(("/", "\\")) or "://" in relative:
             return None
-        joined = posixpath.normpath(posixpath.join(self.root, relative.replace("\\", "/")))
-        root = posixpath.normpath(self.root)
+        joined = normpath(posixpath.join(self.root, relative.replace("\\", "/")))
+        root = normpath(self.root)
         if joined != root and not joined.startswith(root + "/"):
             return None
         if "://" not in self.root:
@@ -81,6 +81,12 @@ class SourceAdapter(ABC):
 
     def relative(self, path: str) -> str:
         return posixpath.relpath(path, self.root)
+
+
+def normpath(path: str) -> str:
+    """posixpath.normpath that keeps a URI's `scheme://` (plain normpath makes it `gs:/`)."""
+    scheme, sep, rest = path.partition("://")
+    return f"{scheme}://{posixpath.normpath(rest)}" if sep else posixpath.normpath(path)
 
 
 def list_files(root: str) -> Iterator[str]:

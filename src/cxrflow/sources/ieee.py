@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 
 from cxrflow.io_utils import read_text
-from cxrflow.sources.base import Exclusion, Record, SourceAdapter, list_files
+from cxrflow.sources.base import Exclusion, Record, SourceAdapter, list_files, normpath
 
 METADATA_FILE = "metadata.csv"
 DEFAULT_FOLDER = "images"  # releases before the `folder` column kept every image here
@@ -77,7 +77,7 @@ class IeeeSource(SourceAdapter):
     def scan(self) -> Iterator[Record | Exclusion]:
         source = self.source_name
         metadata = posixpath.join(self.root, METADATA_FILE)
-        # newline="" semantics: csv must see the raw text so quoted notes keep their newlines.
+        # StringIO(newline="") hands csv the text untouched, so quoted notes keep their line breaks.
         text = read_text(metadata).lstrip("\ufeff")
         views = {_normalize_view(v) for v in (self.options.get("views") or "PA").split(",") if v.strip()}
         user_rules = parse_finding_map(self.options.get("finding_map", ""))
@@ -102,14 +102,17 @@ class IeeeSource(SourceAdapter):
             if label not in self.classes:
                 yield Exclusion(source, where, f"finding:{finding or 'empty'}")
                 continue
-            path = self.resolve_inside_root(posixpath.join(folder, filename)) if filename else None
+            if not filename:
+                yield Exclusion(source, where, "no_filename")
+                continue
+            path = self.resolve_inside_root(posixpath.join(folder, filename))
             if path is None:
                 yield Exclusion(source, where, "path_escape")
                 continue
             # Checked here rather than left to ExampleGen, whose read would report the same
             # file again: a row without its file is a metadata problem, counted once.
             if folder not in listed:
-                listed[folder] = {posixpath.normpath(p) for p in list_files(posixpath.join(self.root, folder))}
+                listed[folder] = {normpath(p) for p in list_files(posixpath.join(self.root, folder))}
             if path not in listed[folder]:
                 yield Exclusion(source, path, "missing_file")
                 continue

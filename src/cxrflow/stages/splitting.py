@@ -10,11 +10,12 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
 from cxrflow.features import SPLITS
-from cxrflow.images import NEAR_DUPLICATE_MAX_RMS, hash_bands, thumbnail_distances
+from cxrflow.images import NEAR_DUPLICATE_MAX_RMS, THUMB_SIZE, hash_bands
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class ImageMeta:
     file_sha256: str
     pixel_hash: str
     thumbnail: bytes = b""
+
+
+MAX_BLOCK = 128  # kept images compared per blocking key: at most 16 * 128 thumbnails per image
 
 
 def _rank(seed: int, key: str) -> str:
@@ -65,23 +69,35 @@ def deduplicate(images: Iterable[ImageMeta]) -> tuple[list[ImageMeta], list[dict
 
     kept: list[ImageMeta] = []
     blocks: dict[str, list[int]] = defaultdict(list)  # band key -> indexes into `kept`
+    # Thumbnails of `kept`, row i for kept[i]: candidates are compared in one vectorised step.
+    thumbs = np.zeros((len(survivors), THUMB_SIZE * THUMB_SIZE), np.uint8)
     for image in survivors:
-        keys = hash_bands(image.pixel_hash)
-        size = len(image.thumbnail)
-        candidates = sorted({i for key in keys for i in blocks.get(key, ()) if len(kept[i].thumbnail) == size})
+        # Images without a thumbnail (older metadata) only ever match exactly.
+        has_thumb = len(image.thumbnail) == thumbs.shape[1]
+        keys = hash_bands(image.pixel_hash) if has_thumb else []
+        hits = [blocks[key] for key in keys if key in blocks]
         twin = None
-        if candidates and size:
-            distances = thumbnail_distances(image.thumbnail, [kept[i].thumbnail for i in candidates])
-            matches = np.flatnonzero(distances <= NEAR_DUPLICATE_MAX_RMS)
-            # `kept` is in image_id order, so the first match is the smallest id.
-            twin = kept[candidates[int(matches[0])]] if len(matches) else None
+        if hits:
+            candidates = np.unique(np.fromiter(chain.from_iterable(hits), np.int64))
+            thumb = np.frombuffer(image.thumbnail, np.uint8).astype(np.float32)
+            rms = np.sqrt(((thumbs[candidates].astype(np.float32) - thumb) ** 2).mean(axis=1))
+            matches = candidates[rms <= NEAR_DUPLICATE_MAX_RMS]
+            # `kept` is in image_id order and np.unique sorts, so the first match is the smallest id.
+            twin = kept[int(matches[0])] if matches.size else None
         if twin is not None:
             note(image, twin, "pixels")
             continue
         for key in keys:
-            blocks[key].append(len(kept))
+            # A strip pattern that most X-rays share (the usual light-dark-light profile across
+            # a chest) would make its block, and the search, quadratic; copies still share
+            # their other, rarer strips, so a full block stops growing.
+            if len(blocks[key]) < MAX_BLOCK:
+                blocks[key].append(len(kept))
+        if has_thumb:
+            thumbs[len(kept)] = np.frombuffer(image.thumbnail, np.uint8)
         kept.append(image)
-    return kept, duplicates
+    # Sorted so the report, too, is the same whatever order the runner delivered elements in.
+    return kept, sorted(duplicates, key=lambda d: d["image_id"])
 
 
 def _take(patients: list[str], fraction: float, seed: int, salt: str) -> set[str]:

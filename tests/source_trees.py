@@ -1,0 +1,196 @@
+"""Builders of small dataset trees in each real layout, shared by the source and ingest tests.
+
+Images are drawn by `cxrflow.sample_data.render` at 64-96 px, so building a tree takes well under
+a second. Every image gets its own (label, seed) pair, so no two fixture images are duplicates
+unless a test copies one on purpose.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+from cxrflow.sample_data import encode, render
+
+IEEE_HEADER = (
+    "patientid,offset,sex,age,finding,RT_PCR_positive,survival,intubated,intubation_present,went_icu,in_icu,"
+    "needed_supplemental_O2,extubated,temperature,pO2_saturation,leukocyte_count,neutrophil_count,"
+    "lymphocyte_count,view,modality,date,location,folder,filename,doi,url,license,clinical_notes,other_notes"
+).split(",")
+
+
+_LABEL_SEEDS = {"covid": 0, "bacterial": 1, "normal": 2}
+
+
+def pixels(label: str, seed: int, size: int = 80) -> np.ndarray:
+    """A synthetic X-ray; distinct (label, seed) pairs give distinct pictures."""
+    return render(label, np.random.default_rng([_LABEL_SEEDS.get(label, 9), seed]), size)
+
+
+def image_bytes(label: str, seed: int, encoding: str = "png8", size: int = 80) -> bytes:
+    return encode(pixels(label, seed, size), encoding, (size, size))
+
+
+def write(path: str, data: bytes) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def ieee_row(patientid: str, finding: str, filename: str, **fields: str) -> dict[str, str]:
+    """A metadata row with realistic defaults; `fields` overrides any column."""
+    row = dict.fromkeys(IEEE_HEADER, "")
+    row.update(
+        patientid=patientid,
+        offset="0",
+        sex="M",
+        age="65",
+        finding=finding,
+        RT_PCR_positive="Y" if "COVID" in finding else "",
+        view="PA",
+        modality="X-ray",
+        date="2020",
+        location="Wuhan, China",
+        folder="images",
+        filename=filename,
+        doi="10.1016/example",
+        url="https://example.org/case",
+        license="CC BY-NC-SA",
+        # Quoted on write: commas, a double quote and line breaks, as in the real notes.
+        clinical_notes=f'Patient {patientid}, fever and cough.\nBilateral "ground glass" opacities,\nday 3.',
+        other_notes="",
+    )
+    row.update(fields)
+    return row
+
+
+def write_metadata(root: str, rows: list[dict[str, str]], header: list[str] | None = None) -> str:
+    header = header or IEEE_HEADER
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, "metadata.csv")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_ieee_tree(root: str) -> dict[str, str]:
+    """A current-release IEEE clone; returns {filename: expected outcome} (class or reason)."""
+    outcomes = {
+        "covid-1a.png": "covid",
+        "covid-1b.jpg": "view",  # same patient, AP Supine: not in the default PA filter
+        "strep-2.png": "bacterial",
+        "normal-3.png": "normal",
+        "sars-4.png": "finding:Pneumonia/Viral/SARS",
+        "pcp-5.png": "finding:Pneumonia/Fungal/Pneumocystis",
+        "todo-6.png": "finding:todo",
+        "ct-7.png": "modality",
+        "covid-8.png": "covid",
+        "missing-9.png": "missing_file",
+    }
+    rows = [
+        ieee_row("1", "Pneumonia/Viral/COVID-19", "covid-1a.png", sex="F", age="54"),
+        ieee_row("1", "Pneumonia/Viral/COVID-19", "covid-1b.jpg", sex="F", age="54", view="AP Supine"),
+        ieee_row("2", "Pneumonia/Bacterial/Streptococcus", "strep-2.png", age=""),
+        ieee_row("3", "No Finding", "normal-3.png"),
+        ieee_row("4", "Pneumonia/Viral/SARS", "sars-4.png"),
+        ieee_row("5", "Pneumonia/Fungal/Pneumocystis", "pcp-5.png"),
+        ieee_row("6", "todo", "todo-6.png"),
+        ieee_row("7", "Pneumonia/Viral/COVID-19", "ct-7.png", modality="CT", view="Axial"),
+        ieee_row("8", "Pneumonia/Viral/COVID-19", "covid-8.png", view="PA", sex=""),
+        ieee_row("9", "Pneumonia/Viral/COVID-19", "missing-9.png"),
+        ieee_row("10", "Pneumonia/Viral/COVID-19", "../../outside.png"),
+    ]
+    write_metadata(root, rows)
+    seeds = {"covid": 100, "bacterial": 200, "normal": 300}
+    for i, (name, outcome) in enumerate(outcomes.items()):
+        if outcome == "missing_file":
+            continue
+        label = outcome if outcome in seeds else "covid"
+        encoding = "jpeg_rgb" if name.endswith(".jpg") else "png8"
+        write(os.path.join(root, "images", name), image_bytes(label, seeds.get(label, 100) + i, encoding))
+    # The `../` row points here: a real file outside the clone, which must never be read.
+    write(os.path.join(os.path.dirname(root), "outside.png"), image_bytes("normal", 999))
+    outcomes["../../outside.png"] = "path_escape"
+    return outcomes
+
+
+KAGGLE_FILES = {
+    # path: (label or exclusion reason, patient key, provided split with kaggle_merge_val on)
+    "train/NORMAL/IM-0115-0001.jpeg": ("normal", "IM-0115", "train"),
+    "train/NORMAL/IM-0115-0002.jpeg": ("normal", "IM-0115", "train"),
+    "train/NORMAL/NORMAL2-IM-0115-0001.jpeg": ("normal", "NORMAL2-IM-0115", "train"),
+    "train/PNEUMONIA/person1_bacteria_1.jpeg": ("bacterial", "person1", "train"),
+    "train/PNEUMONIA/person1_bacteria_2.jpeg": ("bacterial", "person1", "train"),
+    "train/PNEUMONIA/person3_virus_15.jpeg": ("finding:viral", "person3", "train"),
+    "val/NORMAL/NORMAL2-IM-1427-0001.jpeg": ("normal", "NORMAL2-IM-1427", "train"),
+    "val/PNEUMONIA/person1946_bacteria_4874.jpeg": ("bacterial", "person1946", "train"),
+    # person1 again, in test: leakage the splitter must resolve by moving the patient whole.
+    "test/PNEUMONIA/person1_bacteria_3.jpeg": ("bacterial", "person1", "test"),
+    "test/PNEUMONIA/person100_bacteria_478.jpeg": ("bacterial", "person100", "test"),
+    "test/NORMAL/IM-0001-0001.jpeg": ("normal", "IM-0001", "test"),
+}
+
+
+def write_kaggle_tree(root: str) -> dict[str, tuple[str, str, str]]:
+    for i, (rel, (outcome, _, _)) in enumerate(KAGGLE_FILES.items()):
+        label = outcome if outcome in ("normal", "bacterial") else "covid"
+        write(os.path.join(root, *rel.split("/")), image_bytes(label, 400 + i, "jpeg_rgb"))
+    return dict(KAGGLE_FILES)
+
+
+def write_dicom(
+    path: str,
+    image: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    patient_id: str = "P1",
+    view: str = "PA",
+    sex: str = "F",
+    age: str = "045Y",
+    window: tuple[float, float] | None = None,
+    rows_cols: tuple[int, int] | None = None,
+) -> str:
+    """Writes a 12-bit DX DICOM file; `image` is [0,1] with bright = dense, as a viewer shows it.
+
+    MONOCHROME1 files store the inverted values, as real CR/DX devices do. `rows_cols` forges
+    the header size (for the decompression-bomb check) without writing that many pixels.
+    """
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    stored = np.round(image * 4095).astype(np.uint16)
+    if photometric == "MONOCHROME1":
+        stored = 4095 - stored
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[path])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID, ds.PatientSex, ds.PatientAge, ds.ViewPosition = patient_id, sex, age, view
+    ds.Rows, ds.Columns = rows_cols or stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = stored.tobytes()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def decode_gray(data: bytes) -> np.ndarray:
+    """Decoded pixels as float [0,1], 8- or 16-bit alike."""
+    img = Image.open(io.BytesIO(data))
+    arr = np.asarray(img, dtype=np.float64)
+    return arr / (65535.0 if img.mode.startswith("I") else 255.0)

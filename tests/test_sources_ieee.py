@@ -1,0 +1,172 @@
+"""The IEEE covid-chestxray-dataset adapter: listing rules only (no Beam, no pixels read)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+
+from cxrflow.config import PipelineConfig
+from cxrflow.sources import ADAPTERS, Exclusion, Record, adapter_for
+from cxrflow.sources.ieee import IeeeSource, class_for_finding, parse_finding_map
+from tests.source_trees import IEEE_HEADER, ieee_row, image_bytes, write, write_ieee_tree, write_metadata
+
+CLASSES = ("covid", "bacterial", "normal")
+
+
+def scan(root: str, classes: tuple[str, ...] = CLASSES, **config) -> tuple[list[Record], list[Exclusion]]:
+    config.setdefault("min_recall", ())  # the default gate names covid, which some tests drop
+    options = PipelineConfig(data=(f"ieee:{root}",), classes=classes, **config).source_options()
+    items = list(IeeeSource(root, classes, options).scan())
+    return [i for i in items if isinstance(i, Record)], [i for i in items if isinstance(i, Exclusion)]
+
+
+def outcome_by_file(records: list[Record], exclusions: list[Exclusion]) -> dict[str, str]:
+    got = {os.path.basename(r.path): r.label for r in records}
+    for e in exclusions:
+        name = "../../outside.png" if e.reason == "path_escape" else os.path.basename(e.path)
+        got[name] = e.reason
+    return got
+
+
+@pytest.fixture
+def clone(tmp_path) -> tuple[str, dict[str, str]]:
+    root = str(tmp_path / "covid-chestxray-dataset")
+    return root, write_ieee_tree(root)
+
+
+def test_registered():
+    assert ADAPTERS["ieee"] is IeeeSource
+
+
+def test_current_release_rules(clone):
+    root, expected = clone
+    records, exclusions = scan(root)
+    assert outcome_by_file(records, exclusions) == expected
+    # Every row is accounted for exactly once, multi-line quoted notes notwithstanding.
+    assert len(records) + len(exclusions) == len(expected)
+
+
+def test_record_fields(clone):
+    root, _ = clone
+    records, _ = scan(root)
+    by_name = {os.path.basename(r.path): r for r in records}
+    first = by_name["covid-1a.png"]
+    assert first.source == "ieee:covid-chestxray-dataset"
+    assert first.patient_id == "ieee:covid-chestxray-dataset:1"  # namespaced by source
+    assert first.image_id == "ieee:covid-chestxray-dataset:images/covid-1a.png"
+    assert (first.sex, first.age, first.view) == ("F", "54", "PA")
+    assert first.path == os.path.join(root, "images", "covid-1a.png")
+    assert first.provided_split == ""
+    assert by_name["strep-2.png"].age == ""
+
+
+def test_view_option_takes_a_list(clone):
+    root, _ = clone
+    records, exclusions = scan(root, views=("PA", "AP", "AP Supine", "AP semi erect", "AP erect"))
+    views = {os.path.basename(r.path): r.view for r in records}
+    assert views["covid-1b.jpg"] == "AP Supine"
+    assert "view" not in {e.reason for e in exclusions}
+
+
+def test_finding_not_in_classes_is_excluded(clone):
+    root, _ = clone
+    records, exclusions = scan(root, classes=("covid", "normal"))
+    assert "strep-2.png" not in {os.path.basename(r.path) for r in records}
+    assert "finding:Pneumonia/Bacterial/Streptococcus" in {e.reason for e in exclusions}
+
+
+def test_finding_map_extends_and_overrides(clone):
+    root, _ = clone
+    # Extends: SARS joins a new class. Overrides: the user's broad rule beats the default COVID-19 one.
+    records, _ = scan(
+        root, classes=("viral", "pneumonia", "normal"), finding_map="Pneumonia/Viral/SARS=viral,Pneumonia=pneumonia"
+    )
+    labels = {os.path.basename(r.path): r.label for r in records}
+    assert labels == {
+        "sars-4.png": "viral",
+        "covid-1a.png": "pneumonia",
+        "covid-8.png": "pneumonia",
+        "strep-2.png": "pneumonia",
+        "pcp-5.png": "pneumonia",
+        "normal-3.png": "normal",
+    }
+
+
+@pytest.mark.parametrize(
+    ("finding", "rules", "expected"),
+    [
+        ("Pneumonia/Viral/COVID-19", "", "covid"),
+        ("COVID-19", "", "covid"),  # older flat value
+        ("COVID-19, ARDS", "", "covid"),  # older flat value with a co-finding
+        ("Pneumonia/Bacterial/Klebsiella", "", "bacterial"),
+        ("Pneumonia / Bacterial / E.Coli", "", "bacterial"),
+        ("Pneumonia/Bacterial", "", "bacterial"),
+        ("No Finding", "", "normal"),
+        ("Pneumonia/Viral/MERS-CoV", "", None),
+        ("Pneumonia/Bacterialish", "", None),  # prefixes match whole path elements only
+        ("Streptococcus", "", None),  # older flat species names are not guessed
+        ("Unknown", "", None),
+        ("", "", None),
+        ("Pneumonia/Viral/MERS-CoV", "pneumonia/viral=viral", "viral"),
+        ("Pneumonia/Bacterial/Legionella", "Pneumonia/Bacterial/Legionella=atypical", "atypical"),
+        ("Pneumonia/Bacterial/Streptococcus", "Pneumonia/Bacterial/Legionella=atypical", "bacterial"),
+    ],
+)
+def test_class_for_finding(finding, rules, expected):
+    assert class_for_finding(finding, parse_finding_map(rules)) == expected
+
+
+def test_bad_finding_map_is_refused():
+    with pytest.raises(ValueError, match="FINDING_PREFIX=CLASS"):
+        parse_finding_map("COVID-19")
+
+
+def test_older_release_without_folder_modality_or_pcr_columns(tmp_path):
+    root = str(tmp_path / "old-clone")
+    old_header = [c for c in IEEE_HEADER if c not in ("folder", "modality", "RT_PCR_positive")]
+    rows = [
+        ieee_row("1", "COVID-19", "a.png"),
+        ieee_row("2", "COVID-19, ARDS", "b.png"),
+        ieee_row("3", "Streptococcus", "c.png"),
+        ieee_row("4", "No Finding", "d.png", view="L"),
+    ]
+    write_metadata(root, rows, old_header)
+    for i, name in enumerate("abcd"):
+        write(os.path.join(root, "images", f"{name}.png"), image_bytes("covid", 700 + i))
+    records, exclusions = scan(root)
+    assert {os.path.basename(r.path): r.label for r in records} == {"a.png": "covid", "b.png": "covid"}
+    assert Counter(e.reason for e in exclusions) == {"finding:Streptococcus": 1, "view": 1}
+
+
+def test_two_rows_naming_one_file(tmp_path):
+    root = str(tmp_path / "clone")
+    write_metadata(root, [ieee_row("1", "COVID-19", "a.png"), ieee_row("1", "COVID-19", "a.png", offset="3")])
+    write(os.path.join(root, "images", "a.png"), image_bytes("covid", 1))
+    records, exclusions = scan(root)
+    assert len(records) == 1
+    assert [e.reason for e in exclusions] == ["duplicate_row"]
+
+
+def test_absolute_and_symlinked_paths_escape(tmp_path):
+    root = str(tmp_path / "clone")
+    outside = write(str(tmp_path / "secret" / "x.png"), image_bytes("normal", 5))
+    os.makedirs(os.path.join(root, "images"))
+    os.symlink(outside, os.path.join(root, "images", "link.png"))
+    write_metadata(root, [ieee_row("1", "No Finding", outside), ieee_row("2", "No Finding", "link.png")])
+    records, exclusions = scan(root)
+    assert records == []
+    assert [e.reason for e in exclusions] == ["path_escape", "path_escape"]
+
+
+def test_adapter_for_builds_it(clone):
+    root, _ = clone
+    adapter = adapter_for(f"ieee:{root}", CLASSES, {"views": "PA"})
+    assert isinstance(adapter, IeeeSource)
+
+
+def test_paths_under_a_bucket_keep_their_scheme():
+    adapter = IeeeSource("gs://bucket/covid-chestxray-dataset", CLASSES)
+    assert adapter.resolve_inside_root("images/./a.png") == "gs://bucket/covid-chestxray-dataset/images/a.png"
+    assert adapter.resolve_inside_root("images/../../other/a.png") is None
