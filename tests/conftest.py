@@ -89,7 +89,7 @@ def png_bytes(mode: str = "L", size: tuple[int, int] = (80, 64), bits16: bool = 
     pixels = render("normal", np.random.default_rng(0), 64)
     img = Image.fromarray((pixels * 255).astype("uint8")).resize(size)
     if bits16:
-        img = Image.fromarray((np.asarray(img, dtype=np.uint16) * 257))
+        img = Image.fromarray(np.asarray(img, dtype=np.uint16) * 257)
     elif mode not in ("L", "JPEG"):
         img = img.convert(mode)
     buf = io.BytesIO()

@@ -9,7 +9,7 @@ import pytest
 
 from cxrflow import deploy
 from cxrflow.deploy import DeployError
-from deploy_fakes import HOST, SECRET, Recorder, fake_kfp_client
+from tests.deploy_fakes import HOST, SECRET, Recorder, fake_kfp_client
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 from cxrflow import deploy
 from cxrflow.deploy import DeployError
-from deploy_fakes import SECRET, VERTEX, Recorder, fake_aiplatform
+from tests.deploy_fakes import SECRET, VERTEX, Recorder, fake_aiplatform
 
 
 @pytest.fixture

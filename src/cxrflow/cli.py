@@ -175,7 +175,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cxrflow.predict import predict_files
 
     return predict_files(args.images, args.model, as_json=args.json, tta=args.tta,
-                         max_pixels=args.max_pixels)
+                         max_pixels=args.max_pixels, endpoint=args.endpoint)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cxrflow.report import build_report
+
+    run_dir = os.path.abspath(args.run_dir)
+    if not os.path.isfile(os.path.join(run_dir, "metrics.json")):
+        raise FileNotFoundError(f"{args.run_dir} has no metrics.json: give the output dir of a finished run")
+    print(f"wrote {build_report(run_dir)}")
+    return 0
 
 
 def _deploy(args: argparse.Namespace, cron: str | None) -> int:
@@ -250,11 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = sub.add_parser("predict", help="classify image files with an exported or pushed model")
     pred.add_argument("images", nargs="+")
-    pred.add_argument("--model", required=True, help="a SavedModel dir (e.g. runs/demo/serving/cxrflow/1)")
+    pred.add_argument("--model", default=None, help="a SavedModel dir (e.g. runs/demo/serving/cxrflow/1)")
+    pred.add_argument("--endpoint", default=None,
+                      help="TF Serving REST model URL, e.g. http://localhost:8501/v1/models/cxrflow")
     pred.add_argument("--tta", type=int, default=1)
     pred.add_argument("--json", action="store_true")
     pred.add_argument("--max-pixels", type=int, default=50_000_000)
     pred.set_defaults(func=cmd_predict)
+
+    report = sub.add_parser("report", help="(re)build report.html from a finished run's output dir")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run's --output dir (holds metrics.json)")
+    report.set_defaults(func=cmd_report)
 
     submit = sub.add_parser("submit", help="submit the compiled pipeline to KFP or Vertex AI")
     _add_deploy_flags(submit)

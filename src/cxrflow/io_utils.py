@@ -37,7 +37,10 @@ def exists(path: str) -> bool:
 
 
 def join(*parts: str) -> str:
-    return "/".join(p.rstrip("/") for p in parts[:-1]) + "/" + parts[-1] if is_remote(parts[0]) else os.path.join(*parts)
+    """os.path.join for local paths; plain "/" joins for URIs (os.path would mangle gs://)."""
+    if is_remote(parts[0]):
+        return "/".join(p.rstrip("/") for p in parts[:-1]) + "/" + parts[-1]
+    return os.path.join(*parts)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

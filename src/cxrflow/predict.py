@@ -40,9 +40,12 @@ def predict_bytes(model_dir: str, images: Sequence[bytes], tta: int = 1) -> list
     import tensorflow as tf
 
     model = tf.saved_model.load(model_dir)
-    signature = model.signatures["serving_tta" if tta > 1 else "serving_default"]
     classes = [c.decode() for c in model.signatures["metadata"]()["classes"].numpy()]
-    out = signature(images=tf.constant(list(images), dtype=tf.string))
+    batch = tf.constant(list(images), dtype=tf.string)
+    if tta > 1:
+        out = model.signatures["serving_tta"](images=batch, views=tf.constant(tta, tf.int32))
+    else:
+        out = model.signatures["serving_default"](images=batch)
     results = []
     for i, probs in enumerate(out["probabilities"].numpy()):
         results.append({
@@ -52,15 +55,53 @@ def predict_bytes(model_dir: str, images: Sequence[bytes], tta: int = 1) -> list
     return results
 
 
-def predict_files(paths: Sequence[str], model_dir: str, as_json: bool = False, tta: int = 1,
-                  max_pixels: int = 50_000_000) -> int:
+def predict_rest(endpoint: str, images: Sequence[bytes], timeout: float = 60.0) -> list[dict]:
+    """Calls TF Serving's REST API: POST <endpoint>:predict with {"instances": [{"b64": ...}]}.
+
+    `endpoint` is `http://HOST:8501/v1/models/NAME` or `.../versions/N`.
+    """
+    import base64
+    import urllib.error
+    import urllib.request
+
+    url = endpoint.rstrip("/")
+    if not url.endswith(":predict"):
+        url += ":predict"
+    body = json.dumps({"instances": [{"b64": base64.b64encode(b).decode("ascii")} for b in images]}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            payload = json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace")[:500]
+        raise ValueError(f"the endpoint answered {e.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ValueError(f"could not reach the endpoint {endpoint}: {reason}") from None
+    if "predictions" not in payload:
+        raise ValueError(f"unexpected answer from {endpoint}: {str(payload)[:300]}")
+    return [_from_serving_row(row) for row in payload["predictions"]]
+
+
+def _from_serving_row(row: dict) -> dict:
+    return {"class": row["class_name"],
+            "probabilities": {c: float(p) for c, p in zip(row["classes"], row["probabilities"], strict=True)}}
+
+
+def predict_files(paths: Sequence[str], model_dir: str | None = None, as_json: bool = False, tta: int = 1,
+                  max_pixels: int = 50_000_000, endpoint: str | None = None) -> int:
     """Prints one result or error per file; exit status 0 all ok, 1 some failed, 2 none predicted."""
-    if not os.path.isdir(model_dir):
+    if bool(model_dir) == bool(endpoint):
+        raise ValueError("pass exactly one of --model DIR or --endpoint URL")
+    if model_dir and not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model dir not found: {model_dir}")
+    if endpoint and tta > 1:
+        raise ValueError("--tta needs --model: TF Serving's REST default signature runs one view")
     good, errors = check_files(paths, max_pixels)
     results = []
     if good:
-        predictions = predict_bytes(model_dir, [data for _, data in good], tta)
+        images = [data for _, data in good]
+        predictions = predict_rest(endpoint, images) if endpoint else predict_bytes(model_dir, images, tta)
         results = [{"file": path, **p} for (path, _), p in zip(good, predictions, strict=True)]
     if as_json:
         print(json.dumps({"predictions": results, "errors": errors}, indent=2))

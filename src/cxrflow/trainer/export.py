@@ -2,9 +2,12 @@
 
 Signatures:
 - `serving_default`: encoded image bytes (tf.string [batch]) -> probabilities, class_id,
-  class_name. TF Serving's REST `{"instances": [{"b64": ...}]}` maps onto it as-is.
-- `serving_tta`: the same, averaged over `tta` augmented views (config `tta`, recorded).
-- `serving_examples`: serialized tf.Example -> the same outputs (the Evaluator's entry).
+  class_name, classes (the class order, repeated per row). TF Serving's REST
+  `{"instances": [{"b64": ...}]}` maps onto it as-is.
+- `serving_tta`: images plus `views` (int32 scalar) -> the same, averaged over `views`
+  deterministic test-time views (1 = off).
+- `serving_examples`: serialized tf.Example -> the same outputs, with the recorded `tta` views
+  (the Evaluator's entry).
 - `metadata`: class names, image size and normalisation, so serving needs no other file.
 
 The TFT transform graph is inside the model (TransformFeaturesLayer), so the served model
@@ -34,14 +37,18 @@ class CxrServingModule(tf.Module):
         self.normalization = normalization
         self.tta = max(1, int(tta))
 
-    def _probabilities(self, images, views: int):
+    def _probabilities(self, images, views):
         xf = self.tft_layer({fk.IMAGE_KEY: images})[fk.IMAGE_XF_KEY]
-        probs = tf.cast(self.model(xf, training=False), tf.float32)
-        for i in range(1, views):
-            probs += tf.cast(self.model(tta_view(xf, i), training=False), tf.float32)
-        return probs / float(views)
+        total = tf.cast(self.model(xf, training=False), tf.float32)
+        # Views 1..views-1 are deterministic shifts/zooms (tta_view); view 0 is the image itself.
+        for_views = tf.range(1, tf.maximum(views, 1))
+        total = tf.foldl(
+            lambda acc, i: acc + tf.cast(self.model(tta_view(xf, i), training=False), tf.float32),
+            for_views, initializer=total,
+        )
+        return total / tf.cast(tf.maximum(views, 1), tf.float32)
 
-    def _predict(self, images, views: int):
+    def _predict(self, images, views):
         images = tf.reshape(images, [-1])
         # An empty request gets empty outputs rather than a shape error from the convolutions.
         probs = tf.cond(
@@ -50,20 +57,25 @@ class CxrServingModule(tf.Module):
             lambda: tf.zeros([0, len(self.classes)], tf.float32),
         )
         class_id = tf.argmax(probs, axis=-1)
-        return {"probabilities": probs, "class_id": class_id, "class_name": tf.gather(self.class_names, class_id)}
+        # `classes` repeats the class order per row, so a REST client (which sees only the
+        # outputs) can name every probability without another file.
+        classes = tf.tile(tf.expand_dims(self.class_names, 0), [tf.shape(probs)[0], 1])
+        return {"probabilities": probs, "class_id": class_id, "class_name": tf.gather(self.class_names, class_id),
+                "classes": classes}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_images(self, images):
-        return self._predict(images, 1)
+        return self._predict(images, tf.constant(1))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    def serve_images_tta(self, images):
-        return self._predict(images, self.tta)
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images"),
+                                  tf.TensorSpec([], tf.int32, name="views")])
+    def serve_images_tta(self, images, views):
+        return self._predict(images, views)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
         raw = tf.io.parse_example(examples, fk.raw_feature_spec((fk.IMAGE_KEY,)))
-        return self._predict(raw[fk.IMAGE_KEY], 1)
+        return self._predict(raw[fk.IMAGE_KEY], tf.constant(self.tta))
 
     @tf.function(input_signature=[])
     def metadata(self):
@@ -75,20 +87,37 @@ class CxrServingModule(tf.Module):
         }
 
 
-def tta_view(images, index: int):
-    """Deterministic test-time views: small shifts and a mild zoom, never a flip."""
+TTA_SHIFT = 0.03  # fraction of the image size
+TTA_ZOOM_STEP = 0.02
+
+
+def tta_view(images, index):
+    """Deterministic test-time view `index` >= 1: four small shifts, then growing mild zooms.
+
+    Never a flip: a mirrored chest X-ray is not a plausible input.
+    """
     size = tf.shape(images)[1]
-    shift = tf.cast(tf.cast(size, tf.float32) * 0.03, tf.int32)
-    offsets = [(shift, 0), (-shift, 0), (0, shift), (0, -shift)]
-    if index <= len(offsets):
-        dy, dx = offsets[index - 1]
-        return tf.roll(images, shift=[dy, dx], axis=[1, 2])
-    crop = 1.0 - 0.02 * (index - len(offsets))
-    boxes = tf.tile([[0.5 - crop / 2, 0.5 - crop / 2, 0.5 + crop / 2, 0.5 + crop / 2]], [tf.shape(images)[0], 1])
-    return tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), [size, size])
+    index = tf.cast(index, tf.int32)
+    shift = tf.maximum(1, tf.cast(tf.cast(size, tf.float32) * TTA_SHIFT, tf.int32))
+
+    def shifted(dy, dx):
+        return lambda: tf.roll(images, shift=[dy, dx], axis=[1, 2])
+
+    def zoomed():
+        crop = 1.0 - TTA_ZOOM_STEP * tf.cast(index - 4, tf.float32)
+        lo, hi = 0.5 - crop / 2, 0.5 + crop / 2
+        n = tf.shape(images)[0]
+        boxes = tf.tile(tf.reshape(tf.stack([lo, lo, hi, hi]), [1, 4]), [n, 1])
+        return tf.image.crop_and_resize(images, boxes, tf.range(n), tf.stack([size, size]))
+
+    branch = tf.minimum(index - 1, 4)
+    return tf.switch_case(branch, [shifted(shift, 0), shifted(-shift, 0), shifted(0, shift), shifted(0, -shift),
+                                   zoomed])
 
 
-def export_serving_model(model, tft_layer, classes, image_size: int, normalization: str, tta: int, export_dir: str) -> str:
+def export_serving_model(
+    model, tft_layer, classes, image_size: int, normalization: str, tta: int, export_dir: str
+) -> str:
     """Saves the serving module to `export_dir` (which must not exist yet)."""
     module = CxrServingModule(model, tft_layer, classes, image_size, normalization, tta)
     signatures = {
