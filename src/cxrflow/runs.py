@@ -7,9 +7,11 @@ import glob
 import json
 import os
 import shutil
+import sys
 
 from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import read_json, write_json_atomic
+from cxrflow.report import REPORT_FILE, build_report
 
 PIPELINE_ROOT = "pipeline_root"
 RUN_CONFIG = "run_config.json"
@@ -19,6 +21,7 @@ HEADLINE_FILES = {
     "slices.json": ("evaluator", "evaluation"),
     "blessing.json": ("evaluator", "evaluation"),
     "confusion_matrix.png": ("evaluator", "evaluation"),
+    "roc_curves.png": ("evaluator", "evaluation"),
     "ingest_report.json": ("example-gen", "examples"),
     "push.json": ("pusher", "pushed"),
     "training_summary.json": ("trainer", "model_run"),
@@ -42,7 +45,8 @@ def prepare_output(output_dir: str, force: bool) -> None:
             "there (the serving dir is kept) or choose another --output"
         )
     shutil.rmtree(os.path.join(output_dir, PIPELINE_ROOT), ignore_errors=True)
-    for name in HEADLINE_FILES:
+    # report.html too: a stale report from the previous run must not outlive a failed rebuild.
+    for name in (*HEADLINE_FILES, REPORT_FILE):
         path = os.path.join(output_dir, name)
         if os.path.exists(path):
             os.remove(path)
@@ -79,4 +83,8 @@ def run_pipeline_locally(config: PipelineConfig, output_dir: str, force: bool = 
     write_json_atomic(os.path.join(output_dir, RUN_CONFIG), json.loads(config.to_json()))
     run_local(config, os.path.join(output_dir, PIPELINE_ROOT))
     collect_outputs(output_dir)
+    try:
+        build_report(output_dir)
+    except Exception as e:  # the report is a convenience: never fail a finished run over it
+        print(f"cxrflow: warning: {REPORT_FILE} not built: {type(e).__name__}: {e}", file=sys.stderr)
     return read_json(os.path.join(output_dir, "metrics.json"))

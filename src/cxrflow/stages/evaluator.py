@@ -19,6 +19,9 @@ from cxrflow import features as fk
 from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import join, write_json_atomic
 from cxrflow.metrics import blessing_decision, metrics_from_confusion, metrics_from_probabilities
+from cxrflow.report import ROC_PNG
+from cxrflow.report.bootstrap import bootstrap_ci
+from cxrflow.report.plots import plot_roc
 
 METRICS_FILE = "metrics.json"
 SLICES_FILE = "slices.json"
@@ -148,7 +151,8 @@ def run_evaluator(
     config: PipelineConfig, model_dir: str, test_pattern: str, output_dir: str,
     baseline_model_dir: str | None = None, beam_args: Sequence[str] = (),
 ) -> dict:
-    """Evaluates on the test split; writes metrics.json, slices.json, blessing.json and the PNG.
+    """Evaluates on the test split; writes metrics.json (with patient-level bootstrap "ci95"),
+    slices.json, blessing.json, confusion_matrix.png and roc_curves.png.
 
     With `baseline_model_dir` (the model being served), the baseline is evaluated on the same
     test examples, so the change threshold compares like with like.
@@ -175,6 +179,8 @@ def run_evaluator(
     overall = results["overall"]
     metrics = metrics_from_confusion(overall["confusion"], classes, overall["auc"])
     slices = {name: metrics_from_confusion(r["confusion"], classes, r["auc"]) for name, r in sorted(results.items())}
+    # Patient-level bootstrap CIs of per-class recall/specificity, beside TFMA's point estimates.
+    metrics["ci95"] = bootstrap_ci(labels, probs, extras[fk.PATIENT_ID_KEY], classes, seed=config.seed)
 
     baseline_metrics = None
     if baseline_model_dir:
@@ -186,6 +192,7 @@ def run_evaluator(
     write_json_atomic(join(output_dir, SLICES_FILE), slices)
     write_json_atomic(join(output_dir, BLESSING_FILE), blessing)
     plot_confusion(np.array(metrics["confusion_matrix"], dtype=float), classes, join(output_dir, CONFUSION_PNG))
+    plot_roc(labels, probs, classes, join(output_dir, ROC_PNG))
     np.savez(join(pred_dir, "predictions.npz"), labels=labels, probabilities=probs,
              patient_id=np.array(extras[fk.PATIENT_ID_KEY]), source=np.array(extras[fk.SOURCE_KEY]))
     return {"metrics": metrics, "blessing": blessing}

@@ -1,0 +1,28 @@
+"""Evaluation extras and the run report: patient-level bootstrap CIs, ROC curves, report.html.
+
+Imports are lazy (matplotlib, scikit-learn load on first use), so importing this package from
+the CLI or the run helpers costs nothing.
+"""
+
+from __future__ import annotations
+
+REPORT_FILE = "report.html"
+ROC_PNG = "roc_curves.png"
+
+__all__ = ["REPORT_FILE", "ROC_PNG", "bootstrap_ci", "build_report", "plot_roc", "plot_training_curves"]
+
+
+def __getattr__(name: str):
+    if name == "bootstrap_ci":
+        from cxrflow.report.bootstrap import bootstrap_ci
+
+        return bootstrap_ci
+    if name in ("plot_roc", "plot_training_curves"):
+        from cxrflow.report import plots
+
+        return getattr(plots, name)
+    if name == "build_report":
+        from cxrflow.report.html import build_report
+
+        return build_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
