@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from cxrflow import features as fk
-from cxrflow.stages.resample import class_weights, run_resample, target_counts
+from cxrflow.stages.resample import class_weights, run_resample, target_counts, train_pattern_for
 
 
 def test_target_counts():
@@ -48,10 +48,11 @@ def test_modes_give_the_expected_counts_deterministically(tmp_path, tiny_config,
     _write_imbalanced(src, counts)
     config = tiny_config.replace(resample=mode)
     summary = run_resample(config, src, counts, str(tmp_path / "a"))
-    got, ids_a = _read_counts(summary["train_pattern"])
+    got, ids_a = _read_counts(train_pattern_for(summary, "unused", str(tmp_path / "a")))
     assert got == expected == summary["counts_after"]
     assert summary["counts_before"] == counts
-    _, ids_b = _read_counts(run_resample(config, src, counts, str(tmp_path / "b"))["train_pattern"])
+    run_resample(config, src, counts, str(tmp_path / "b"))
+    _, ids_b = _read_counts(str(tmp_path / "b" / "Split-train" / "*.tfrecord"))
     assert sorted(ids_a) == sorted(ids_b)
     if mode == "over":  # repeats spread evenly: no example appears more than ceil(17/5) times
         assert max(ids_a.count(i) for i in set(ids_a)) <= 4
@@ -59,5 +60,6 @@ def test_modes_give_the_expected_counts_deterministically(tmp_path, tiny_config,
 
 def test_none_passes_training_data_through(tmp_path, tiny_config):
     summary = run_resample(tiny_config, "/some/pattern-*", {"covid": 3, "bacterial": 1, "normal": 2}, str(tmp_path))
-    assert summary["train_pattern"] == "/some/pattern-*"
+    assert train_pattern_for(summary, "/ex", str(tmp_path)) == "/ex/Split-train/*.tfrecord"
+    assert not (tmp_path / "Split-train").exists()
     assert summary["class_weights"]["bacterial"] == pytest.approx(2.0)

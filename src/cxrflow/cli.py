@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         serving_dir=os.path.join(output, "serving"), seed=args.seed,
     )
     print(f"running the pipeline locally through kfp.local into {output} ...", flush=True)
-    run_pipeline_locally(config, output, force=args.force)
+    run_pipeline_locally(config, output, force=args.force, resume=args.resume)
     _finish_run(output)
     return 0
 
@@ -144,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     output = os.path.abspath(args.output)
     config = config_from_args(args, output)
-    run_pipeline_locally(config, output, force=args.force)
+    run_pipeline_locally(config, output, force=args.force, resume=args.resume)
     _finish_run(output)
     return 0
 
@@ -229,6 +229,13 @@ def _add_deploy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=None)
 
 
+def _add_rerun_flags(p: argparse.ArgumentParser) -> None:
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true", help="start over in an output dir with a finished run")
+    again.add_argument("--resume", action="store_true",
+                       help="rerun in an output dir with a finished run, reusing its unchanged stages")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrflow", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,13 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--image-size", type=int, default=128)
     demo.add_argument("--epochs", type=int, default=25)
     demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--force", action="store_true", help="run again into an output dir with a finished run")
+    _add_rerun_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="run the whole pipeline locally on your data")
     _add_config_flags(run, data_required=True)
     run.add_argument("--output", required=True)
-    run.add_argument("--force", action="store_true", help="run again into an output dir with a finished run")
+    _add_rerun_flags(run)
     run.set_defaults(func=cmd_run)
 
     ingest = sub.add_parser("ingest", help="run ExampleGen alone and print the ingestion report")

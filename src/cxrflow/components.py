@@ -15,10 +15,13 @@ def example_gen(config_json: str, examples: Output[Dataset]) -> None:
     import json
 
     from cxrflow.config import PipelineConfig
-    from cxrflow.stages.example_gen import run_example_gen
+    from cxrflow.io_utils import read_json
+    from cxrflow.stage_cache import reuse_or_run
+    from cxrflow.stages.example_gen import REPORT_FILE, run_example_gen
 
     config = PipelineConfig.from_json(config_json)
-    report = run_example_gen(config, examples.path)
+    reuse_or_run("example_gen", config, [], examples.path, lambda: run_example_gen(config, examples.path))
+    report = read_json(f"{examples.path}/{REPORT_FILE}")
     examples.metadata["splits"] = report["splits"]
     examples.metadata["duplicates_removed"] = report["duplicates_removed"]
     examples.metadata["skipped"] = len(report["skipped"])
@@ -27,11 +30,13 @@ def example_gen(config_json: str, examples: Output[Dataset]) -> None:
 
 def transform(config_json: str, examples: Input[Dataset], transform_graph: Output[Artifact]) -> None:
     from cxrflow.config import PipelineConfig
+    from cxrflow.stage_cache import reuse_or_run
     from cxrflow.stages.example_gen import split_pattern
     from cxrflow.stages.transform import run_transform
 
     config = PipelineConfig.from_json(config_json)
-    run_transform(config, split_pattern(examples.path, "train"), transform_graph.path)
+    reuse_or_run("transform", config, [examples.path], transform_graph.path,
+                 lambda: run_transform(config, split_pattern(examples.path, "train"), transform_graph.path))
 
 
 def resample(config_json: str, examples: Input[Dataset], resampled: Output[Dataset]) -> None:
@@ -39,12 +44,15 @@ def resample(config_json: str, examples: Input[Dataset], resampled: Output[Datas
 
     from cxrflow.config import PipelineConfig
     from cxrflow.io_utils import read_json
+    from cxrflow.stage_cache import reuse_or_run
     from cxrflow.stages.example_gen import REPORT_FILE, split_pattern
-    from cxrflow.stages.resample import run_resample
+    from cxrflow.stages.resample import RESAMPLE_FILE, run_resample
 
     config = PipelineConfig.from_json(config_json)
     counts = read_json(f"{examples.path}/{REPORT_FILE}")["splits"]["train"]
-    summary = run_resample(config, split_pattern(examples.path, "train"), counts, resampled.path)
+    reuse_or_run("resample", config, [examples.path], resampled.path,
+                 lambda: run_resample(config, split_pattern(examples.path, "train"), counts, resampled.path))
+    summary = read_json(f"{resampled.path}/{RESAMPLE_FILE}")
     resampled.metadata["counts_after"] = summary["counts_after"]
     print(json.dumps({k: summary[k] for k in ("mode", "counts_before", "counts_after", "class_weights")}))
 
@@ -53,12 +61,25 @@ def trainer(
     config_json: str, examples: Input[Dataset], transform_graph: Input[Artifact], resampled: Input[Dataset],
     model: Output[Model], model_run: Output[Artifact],
 ) -> None:
+    import os
+    import shutil
+
     from cxrflow.config import PipelineConfig
-    from cxrflow.stages.trainer import run_trainer
+    from cxrflow.io_utils import read_json
+    from cxrflow.stage_cache import fingerprint, reuse_or_run
+    from cxrflow.stages.trainer import SUMMARY_FILE, run_trainer
 
     config = PipelineConfig.from_json(config_json)
-    summary = run_trainer(config, examples.path, transform_graph.path, resampled.path, model.path, model_run.path)
-    model.metadata["epochs_run"] = summary["epochs_run"]
+    inputs = [examples.path, transform_graph.path, resampled.path]
+    # Locally the working dir outlives the pipeline run, so a killed run resumes from its backup.
+    run_dir = model_run.path
+    if config.work_dir:
+        run_dir = os.path.join(config.work_dir, "trainer-" + fingerprint("trainer", config, inputs)[:16])
+    reuse_or_run("trainer", config, inputs, model.path,
+                 lambda: run_trainer(config, examples.path, transform_graph.path, resampled.path, model.path, run_dir))
+    if run_dir != model_run.path:
+        shutil.copytree(run_dir, model_run.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("cache*", "backup"))
+    model.metadata["epochs_run"] = read_json(os.path.join(model_run.path, SUMMARY_FILE))["epochs_run"]
 
 
 def evaluator(

@@ -79,6 +79,8 @@ class PipelineConfig:
     serving_dir: str = ""
     model_name: str = "cxrflow"
     keep_versions: int = 0  # prune pushed versions to the newest N; 0 keeps all
+    # Local runs: completed stages and the Trainer's backups live here (see stage_cache.py)
+    work_dir: str = ""
     # Deployment
     base_image: str = "python:3.11-slim"
     beam_args: tuple[str, ...] = ()

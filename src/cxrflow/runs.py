@@ -14,6 +14,7 @@ from cxrflow.io_utils import read_json, write_json_atomic
 from cxrflow.report import REPORT_FILE, build_report
 
 PIPELINE_ROOT = "pipeline_root"
+WORK_DIR = "work"
 RUN_CONFIG = "run_config.json"
 # Files copied from the run's artifacts to the output dir, by (task, artifact) folder.
 HEADLINE_FILES = {
@@ -32,18 +33,24 @@ class RunExists(RuntimeError):
     """The output dir already holds a finished run."""
 
 
-def prepare_output(output_dir: str, force: bool) -> None:
-    """Refuses to overwrite a finished run unless `force`; then clears the old pipeline root.
+def prepare_output(output_dir: str, force: bool = False, resume: bool = False) -> None:
+    """Decides what an existing output dir allows.
 
+    - An unfinished run (killed, or failed) is continued: completed stages are reused and the
+      Trainer resumes from its last epoch backup (work/).
+    - A finished run is refused unless `resume` (reuse every stage whose inputs and settings
+      are unchanged, recompute the rest) or `force` (start over: work/ is cleared).
     The serving dir is never cleared: it is the deployment, and the next push compares against
     (and versions after) what it holds.
     """
     finished = os.path.exists(os.path.join(output_dir, "metrics.json"))
-    if finished and not force:
+    if finished and not (force or resume):
         raise RunExists(
-            f"{output_dir} already holds a finished run (metrics.json); pass --force to run again "
-            "there (the serving dir is kept) or choose another --output"
+            f"{output_dir} already holds a finished run (metrics.json); pass --resume to reuse its "
+            "completed stages, --force to start over (the serving dir is kept), or choose another --output"
         )
+    if force:
+        shutil.rmtree(os.path.join(output_dir, WORK_DIR), ignore_errors=True)
     shutil.rmtree(os.path.join(output_dir, PIPELINE_ROOT), ignore_errors=True)
     # report.html too: a stale report from the previous run must not outlive a failed rebuild.
     for name in (*HEADLINE_FILES, REPORT_FILE):
@@ -75,11 +82,26 @@ def collect_outputs(output_dir: str) -> dict[str, str]:
     return copied
 
 
-def run_pipeline_locally(config: PipelineConfig, output_dir: str, force: bool = False) -> dict:
+def preflight(config: PipelineConfig) -> None:
+    """Checks what can be checked before any task starts, so mistakes get a one-line error."""
+    from cxrflow.sources import adapter_for
+
+    if not config.data:
+        raise ValueError("no data given: pass --data KIND:PATH at least once")
+    for entry in config.data:
+        adapter_for(entry, config.classes, config.source_options())  # unknown KIND -> ValueError
+        root = entry.partition(":")[2]
+        if "://" not in root and not os.path.isdir(root):
+            raise FileNotFoundError(f"data folder not found: {root}")
+
+
+def run_pipeline_locally(config: PipelineConfig, output_dir: str, force: bool = False, resume: bool = False) -> dict:
     """Prepares `output_dir`, runs the pipeline through kfp.local and collects the results."""
     from cxrflow.pipeline import run_local
 
-    prepare_output(output_dir, force)
+    preflight(config)
+    prepare_output(output_dir, force, resume)
+    config = config.replace(work_dir=os.path.join(os.path.abspath(output_dir), WORK_DIR))
     write_json_atomic(os.path.join(output_dir, RUN_CONFIG), json.loads(config.to_json()))
     run_local(config, os.path.join(output_dir, PIPELINE_ROOT))
     collect_outputs(output_dir)

@@ -31,7 +31,7 @@ PREDICTIONS_DIR = "predictions"
 SLICE_FEATURES = (fk.LABEL_KEY, fk.SOURCE_KEY, fk.VIEW_KEY, fk.SEX_KEY, fk.AGE_GROUP_KEY)
 
 
-def predict_split(model_dir: str, pattern: str, classes: Sequence[str], tta: int, batch_size: int = 32):
+def predict_split(model_dir: str, pattern: str, classes: Sequence[str], batch_size: int = 32):
     """Runs the exported model over TFRecords; returns labels, probabilities and slice features."""
     import tensorflow as tf
 
@@ -44,12 +44,9 @@ def predict_split(model_dir: str, pattern: str, classes: Sequence[str], tta: int
     index = {c: i for i, c in enumerate(classes)}
     labels, probs, extras = [], [], {k: [] for k in spec if k != fk.IMAGE_KEY}
     for batch in tf.data.TFRecordDataset(files).batch(batch_size):
-        if tta > 1:
-            raw = tf.io.parse_example(batch, spec)
-            out = model.signatures["serving_tta"](images=raw[fk.IMAGE_KEY])
-        else:
-            raw = tf.io.parse_example(batch, spec)
-            out = model.signatures["serving_examples"](examples=batch)
+        raw = tf.io.parse_example(batch, spec)
+        # serving_examples applies the model's recorded TTA views (config `tta`; 1 = off).
+        out = model.signatures["serving_examples"](examples=batch)
         probs.append(out["probabilities"].numpy())
         for k in extras:
             extras[k].extend(v.decode() for v in raw[k].numpy())
@@ -162,7 +159,7 @@ def run_evaluator(
 
     os.makedirs(output_dir, exist_ok=True)
     classes = list(config.classes)
-    labels, probs, extras = predict_split(model_dir, test_pattern, classes, config.tta, config.batch_size)
+    labels, probs, extras = predict_split(model_dir, test_pattern, classes, config.batch_size)
     if len(labels) == 0:
         raise ValueError("the test split is empty: nothing to evaluate")
     pred_dir = join(output_dir, PREDICTIONS_DIR)
@@ -184,7 +181,7 @@ def run_evaluator(
 
     baseline_metrics = None
     if baseline_model_dir:
-        base_labels, base_probs, _ = predict_split(baseline_model_dir, test_pattern, classes, 1, config.batch_size)
+        base_labels, base_probs, _ = predict_split(baseline_model_dir, test_pattern, classes, config.batch_size)
         baseline_metrics = metrics_from_probabilities(base_labels, base_probs, classes)
         baseline_metrics["model_dir"] = baseline_model_dir
     blessing = blessing_decision(metrics, config, baseline_metrics)

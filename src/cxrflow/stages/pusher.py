@@ -65,6 +65,8 @@ def push(model_dir: str, serving_dir: str, model_name: str, keep: int = 0) -> di
             f.write("")
     else:
         os.makedirs(base, exist_ok=True)
+        for stale in (n for n in os.listdir(base) if n.startswith(".tmp-")):
+            shutil.rmtree(os.path.join(base, stale), ignore_errors=True)  # left by a killed push
         tmp = os.path.join(base, f".tmp-{version}-{uuid.uuid4().hex}")
         try:
             shutil.copytree(model_dir, tmp)

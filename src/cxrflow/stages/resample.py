@@ -79,7 +79,9 @@ def run_resample(
         "use_class_weights": config.class_weights,
     }
     if config.resample == "none" or targets == counts:
-        summary["train_pattern"] = train_pattern
+        # No copy: the Trainer reads ExampleGen's train split. Recorded by role, not by path,
+        # so a reused (cached) artifact never points at another run's files.
+        summary["train_from"] = "examples"
         write_json_atomic(join(output_dir, RESAMPLE_FILE), summary)
         return summary
 
@@ -123,6 +125,15 @@ def run_resample(
             | "Resample" >> beam.FlatMap(expand, beam.pvalue.AsSingleton(thresholds))
             | "Write" >> beam.io.WriteToTFRecord(out_pattern, file_name_suffix=".tfrecord")
         )
-    summary["train_pattern"] = join(output_dir, "Split-train", "*.tfrecord")
+    summary["train_from"] = "resampled"
     write_json_atomic(join(output_dir, RESAMPLE_FILE), summary)
     return summary
+
+
+def train_pattern_for(summary: dict, examples_dir: str, resample_dir: str) -> str:
+    """Where the Trainer reads training examples after this stage."""
+    from cxrflow.stages.example_gen import split_pattern
+
+    if summary["train_from"] == "examples":
+        return split_pattern(examples_dir, "train")
+    return join(resample_dir, "Split-train", "*.tfrecord")

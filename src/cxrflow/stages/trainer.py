@@ -161,7 +161,7 @@ def run_trainer(
     """Stage entry: reads the upstream artifacts and calls run_fn."""
     from cxrflow.io_utils import read_json
     from cxrflow.stages.example_gen import REPORT_FILE, split_pattern
-    from cxrflow.stages.resample import RESAMPLE_FILE
+    from cxrflow.stages.resample import RESAMPLE_FILE, train_pattern_for
 
     report = read_json(os.path.join(examples_dir, REPORT_FILE))
     resample = read_json(os.path.join(resample_dir, RESAMPLE_FILE))
@@ -171,7 +171,7 @@ def run_trainer(
         raise ValueError(f"need training and eval examples, got train={train_count} eval={eval_count}: "
                          "add data or lower eval_fraction")
     args = FnArgs(
-        train_pattern=resample["train_pattern"],
+        train_pattern=train_pattern_for(resample, examples_dir, resample_dir),
         eval_pattern=split_pattern(examples_dir, "eval"),
         transform_output=transform_dir,
         serving_model_dir=model_dir,
