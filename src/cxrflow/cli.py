@@ -27,6 +27,13 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--classes", type=_csv, default=DEFAULT_CLASSES, help="comma-separated class names")
     p.add_argument("--views", type=_csv, default=("PA",), help="IEEE views to keep, e.g. PA,AP")
     p.add_argument("--class-map", default="", help="FOLDER=CLASS,... folder-name overrides")
+    p.add_argument("--finding-map", default="", help="IEEE FINDING_PREFIX=CLASS,... overrides")
+    p.add_argument("--kaggle-val-as-eval", action="store_true",
+                   help="use Kaggle's val folder as eval instead of merging it into train")
+    p.add_argument("--eval-fraction", type=float, default=0.15, help="share of train patients carved out for eval")
+    p.add_argument("--test-fraction", type=float, default=0.15,
+                   help="share of patients held out for test where a source has no test split")
+    p.add_argument("--max-pixels", type=int, default=50_000_000, help="larger images are skipped (bombs)")
     p.add_argument("--image-size", type=int, default=512)
     p.add_argument("--normalization", choices=("unit", "zscore"), default="unit")
     p.add_argument("--model", choices=MODELS, default="cnn")
@@ -70,7 +77,9 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
     min_recall = tuple((c, v) for c, v in _min_recall(args.min_recall) if c in args.classes)
     return PipelineConfig(
         data=tuple(_absolute_data(d) for d in args.data), classes=tuple(args.classes), views=tuple(args.views),
-        class_map=args.class_map, image_size=args.image_size, normalization=args.normalization,
+        class_map=args.class_map, finding_map=args.finding_map, kaggle_merge_val=not args.kaggle_val_as_eval,
+        eval_fraction=args.eval_fraction, test_fraction=args.test_fraction, max_image_pixels=args.max_pixels,
+        image_size=args.image_size, normalization=args.normalization,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
         augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,

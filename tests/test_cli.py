@@ -1,0 +1,63 @@
+"""CLI wiring: flags reach the config, and deploy commands reach cxrflow.deploy with exact arguments."""
+
+import os
+
+import pytest
+import yaml
+
+from cxrflow import cli, deploy
+
+
+def test_run_flags_reach_the_config(tmp_path):
+    args = cli.build_parser().parse_args([
+        "run", "--data", "folders:rel/path", "--data", "ieee:gs://b/ieee", "--output", str(tmp_path),
+        "--classes", "covid,normal", "--image-size", "224", "--model", "mobilenetv2", "--weights", "imagenet",
+        "--epochs", "7", "--batch-size", "4", "--resample", "over", "--seed", "3", "--views", "PA,AP",
+        "--finding-map", "Pneumonia/Viral=normal", "--kaggle-val-as-eval", "--min-recall", "covid=0.95",
+        "--trainer-accelerator", "NVIDIA_TESLA_T4", "--trainer-gpus", "2", "--beam-arg=--runner=DirectRunner",
+    ])
+    config = cli.config_from_args(args, str(tmp_path))
+    assert config.data == (f"folders:{os.path.abspath('rel/path')}", "ieee:gs://b/ieee")
+    assert (config.classes, config.image_size, config.model, config.weights) == (
+        ("covid", "normal"), 224, "mobilenetv2", "imagenet")
+    assert (config.epochs, config.batch_size, config.resample, config.seed) == (7, 4, "over", 3)
+    assert config.views == ("PA", "AP") and config.finding_map == "Pneumonia/Viral=normal"
+    assert config.kaggle_merge_val is False and config.min_recall == (("covid", 0.95),)
+    assert config.trainer_resources.accelerator_count == 2
+    assert config.serving_dir == os.path.join(str(tmp_path), "serving")
+    assert config.beam_args == ("--runner=DirectRunner",)
+
+
+def test_compile_writes_the_yaml_with_the_image(tmp_path):
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "--output", str(out), "--base-image", "reg/cxrflow:1"]) == 0
+    spec = yaml.safe_load(out.read_text())
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {"reg/cxrflow:1"}
+
+
+def test_submit_and_schedule_call_deploy_with_exact_arguments(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(deploy, "submit_vertex", lambda pkg, **kw: calls.append(("submit_vertex", pkg, kw)) or "job")
+    monkeypatch.setattr(deploy, "schedule_kfp", lambda pkg, host, **kw: calls.append(("schedule_kfp", pkg, host, kw))
+                        or "rr")
+    assert cli.main(["submit", "--vertex", "--package", "p.yaml", "--project", "proj", "--region", "europe-west4",
+                     "--pipeline-root", "gs://b/root"]) == 0
+    assert cli.main(["schedule", "--kfp-host", "http://kfp:8080", "--package", "p.yaml", "--cron", "0 3 * * 1"]) == 0
+    assert calls == [
+        ("submit_vertex", "p.yaml", {"project": "proj", "region": "europe-west4", "pipeline_root": "gs://b/root",
+                                     "display_name": "cxrflow", "service_account": None}),
+        ("schedule_kfp", "p.yaml", "http://kfp:8080", {"cron": "0 3 * * 1", "experiment": "cxrflow"}),
+    ]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["schedule", "--kfp-host", "http://kfp:8080", "--package", "P", "--cron", "61 * * * *"], "cron"),
+    (["submit", "--vertex", "--package", "P", "--region", "us-central1", "--pipeline-root", "gs://b/r"], "project"),
+    (["submit", "--package", "P"], "choose one target"),
+])
+def test_deploy_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch, argv, message):
+    (tmp_path / "P").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
