@@ -34,14 +34,30 @@ def test_local_weights_file_is_loaded(tmp_path):
         build_model("mobilenetv2", 32, 3, weights=str(tmp_path / "missing.h5"))
 
 
-def test_augmentation_touches_training_batches_only():
+def test_augmentation_touches_training_batches_only(transform_graph, stage_dirs):
+    import tensorflow_transform as tft
+
+    from cxrflow import features as fk
+    from cxrflow.stages.example_gen import split_pattern
+
     config = PipelineConfig()
     augment = data.make_augmenter(config.augmentation, seed=1)
     images = tf.fill([4, 32, 32, 1], 0.5)
     augmented, _ = augment(images, tf.zeros([4], tf.int64))
     assert not np.allclose(augmented.numpy(), images.numpy())
-    # The eval/test input builder takes no augmentation at all: same pixels as the transform.
-    assert "aug" not in data.evaluation_dataset.__code__.co_varnames
+
+    layer = tft.TFTransformOutput(transform_graph).transform_features_layer()
+    pattern = split_pattern(stage_dirs["examples"], "eval")
+    n = sum(1 for _ in tf.data.TFRecordDataset(tf.io.gfile.glob(pattern)))
+    eval_batch, _ = next(iter(data.evaluation_dataset(pattern, layer, config.classes, n, TINY_SIZE, n)))
+    raw = tf.io.parse_example(next(iter(tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern))).batch(n))),
+                              fk.raw_feature_spec((fk.IMAGE_KEY,)))
+    plain = layer({fk.IMAGE_KEY: raw[fk.IMAGE_KEY]})[fk.IMAGE_XF_KEY]
+    # Eval/test batches are exactly the transform's output: no augmentation, no jitter.
+    np.testing.assert_allclose(eval_batch.numpy(), plain.numpy(), atol=1e-6)
+    train_batch, _ = next(iter(data.training_dataset(pattern, layer, config.classes, n, TINY_SIZE, n,
+                                                     config.augmentation, seed=1)))
+    assert not np.allclose(np.sort(train_batch.numpy().ravel()), np.sort(plain.numpy().ravel()), atol=1e-3)
 
 
 def test_trainer_exports_all_signatures(trained_model, stage_dirs):
