@@ -26,11 +26,18 @@ def decode_grayscale(image_bytes, image_size: int):
     """One encoded image -> float32 [size, size, 1] in [0,1]. Works in TFT and in serving."""
     import tensorflow as tf
 
-    # channels=3 turns gray, gray+alpha, palette and RGBA alike into RGB; 16-bit PNGs keep
-    # their precision because decode_image decodes them as uint16 before scaling to float.
-    image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.float32, expand_animations=False)
-    image = tf.image.rgb_to_grayscale(image)
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    # channels=1 lets libpng/libjpeg convert RGB, RGBA, palette and gray+alpha to gray while
+    # decoding (cheaper than decoding RGB and converting); 16-bit PNGs keep their precision
+    # because decode_image decodes them as uint16 before scaling to float.
+    image = tf.io.decode_image(image_bytes, channels=1, dtype=tf.float32, expand_animations=False)
+    shape = tf.shape(image)
+    # Shrinking (the usual case: 1-3 MP X-rays to 512 px): area averaging is antialiased and
+    # ~3x faster than antialiased bilinear. Growing: bilinear, since area would be blocky.
+    image = tf.cond(
+        tf.logical_and(shape[0] >= image_size, shape[1] >= image_size),
+        lambda: tf.image.resize(image, [image_size, image_size], method="area"),
+        lambda: tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True),
+    )
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
