@@ -21,7 +21,7 @@ from cxrflow.report.plots import LINE_STYLES, MARKERS, plot_roc
 
 CLASSES = ("covid", "normal", "pneumonia")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SECTION_IDS = ("blessing", "data", "training", "metrics", "slices", "confusion", "roc")
+SECTION_IDS = ("blessing", "data", "training", "metrics", "slices", "confusion", "roc", "tsne", "gradcam")
 EVIL = "<script>alert('x')</script>&"
 
 
@@ -95,6 +95,11 @@ def fake_run_dir(root, with_optional: bool = True) -> str:
     write_json(os.path.join(root, "training_summary.json"), {"model": "cnn", "epochs_run": 7, "history": history})
     gray_png(os.path.join(root, "confusion_matrix.png"))
     plot_roc(labels, probs, CLASSES, os.path.join(root, ROC_PNG))
+    gray_png(os.path.join(root, "tsne.png"))
+    gray_png(os.path.join(root, "gradcam.png"))
+    write_json(os.path.join(root, "tsne.json"), {"class_separation": 0.4, "source_separation": 0.1,
+                                                 "sources_separate_more_than_classes": False,
+                                                 "note": f"classes separate {EVIL}"})
     return str(root)
 
 
@@ -125,7 +130,7 @@ def test_report_has_every_section_inline_images_and_escaped_text(tmp_path):
     for section in SECTION_IDS:
         assert f'<section id="{section}">' in html, section
     sources = img_sources(html)
-    assert len(sources) == 3  # training curves, confusion matrix, ROC
+    assert len(sources) == 5  # training curves, confusion matrix, ROC, t-SNE, Grad-CAM
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -149,6 +154,9 @@ def test_missing_optional_inputs_give_notes_not_a_crash(tmp_path):
         "blessing.json",
         "confusion_matrix.png",
         ROC_PNG,
+        "tsne.json",
+        "tsne.png",
+        "gradcam.png",
     ):
         assert f"{name} not found" in html, name
     for section in SECTION_IDS:
@@ -172,7 +180,7 @@ def test_roc_redrawn_from_saved_predictions_for_runs_that_predate_it(tmp_path):
     labels, probs, pids = predictions()
     np.savez(os.path.join(pred_dir, "predictions.npz"), labels=labels, probabilities=probs, patient_id=pids)
     html = open(build_report(run_dir)).read()
-    assert "redrawn from the saved test predictions" in html and len(img_sources(html)) == 3
+    assert "redrawn from the saved test predictions" in html and len(img_sources(html)) == 5
 
 
 def test_cli_report_rebuilds_and_refuses_a_dir_without_metrics(tmp_path, capsys):

@@ -184,7 +184,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cxrflow.predict import predict_files
 
     return predict_files(args.images, args.model, as_json=args.json, tta=args.tta,
-                         max_pixels=args.max_pixels, endpoint=args.endpoint)
+                         max_pixels=args.max_pixels, endpoint=args.endpoint, gradcam_dir=args.gradcam)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--tta", type=int, default=1)
     pred.add_argument("--json", action="store_true")
     pred.add_argument("--max-pixels", type=int, default=50_000_000)
+    pred.add_argument("--gradcam", default=None, metavar="OUT_DIR",
+                      help="also write OUT_DIR/<image stem>_gradcam.png per predicted image (needs --model)")
     pred.set_defaults(func=cmd_predict)
 
     report = sub.add_parser("report", help="(re)build report.html from a finished run's output dir")

@@ -2,6 +2,8 @@
 
 Each file is checked with the same rules as ExampleGen (size limit, decodability, re-encoding
 of modes TF cannot decode, such as CMYK JPEG) before the good ones go to the model together.
+With `--gradcam DIR` each predicted file also gets DIR/<stem>_gradcam.png from the model's
+`gradcam` signature (Grad-CAM of the single-view prediction).
 """
 
 from __future__ import annotations
@@ -88,11 +90,47 @@ def _from_serving_row(row: dict) -> dict:
             "probabilities": {c: float(p) for c, p in zip(row["classes"], row["probabilities"], strict=True)}}
 
 
+def write_gradcams(model_dir: str, good: Sequence[tuple[str, bytes]], out_dir: str) -> list[str]:
+    """Writes `out_dir`/<stem>_gradcam.png per (path, bytes); returns the paths, in order.
+
+    Files with the same stem (a/x.png, b/x.jpg) get _2, _3... rather than overwriting each other.
+    """
+    import tensorflow as tf
+
+    from cxrflow.io_utils import write_bytes_atomic
+    from cxrflow.report.gradcam import gradcam_maps, model_view, overlay_png
+
+    model = tf.saved_model.load(model_dir)
+    if "gradcam" not in model.signatures:
+        raise ValueError(f"{model_dir} has no gradcam signature (exported before Grad-CAM): re-export it")
+    classes = [c.decode() for c in model.signatures["metadata"]()["classes"].numpy()]
+    size = int(model.signatures["metadata"]()["image_size"].numpy())
+    maps, ids = gradcam_maps(model, [data for _, data in good])
+    views = model_view([data for _, data in good], size)
+    os.makedirs(out_dir, exist_ok=True)
+    written, used = [], set()
+    for (path, _), view, heatmap, class_id in zip(good, views, maps, ids, strict=True):
+        stem, n = os.path.splitext(os.path.basename(path))[0], 1
+        name = f"{stem}_gradcam.png"
+        while name in used:
+            n += 1
+            name = f"{stem}_{n}_gradcam.png"
+        used.add(name)
+        out = os.path.join(out_dir, name)
+        title = f"{os.path.basename(path)}: Grad-CAM of {classes[class_id]}"
+        write_bytes_atomic(out, overlay_png(view, heatmap, title))
+        written.append(out)
+    return written
+
+
 def predict_files(paths: Sequence[str], model_dir: str | None = None, as_json: bool = False, tta: int = 1,
-                  max_pixels: int = 50_000_000, endpoint: str | None = None) -> int:
+                  max_pixels: int = 50_000_000, endpoint: str | None = None, gradcam_dir: str | None = None) -> int:
     """Prints one result or error per file; exit status 0 all ok, 1 some failed, 2 none predicted."""
     if bool(model_dir) == bool(endpoint):
         raise ValueError("pass exactly one of --model DIR or --endpoint URL")
+    if endpoint and gradcam_dir:
+        raise ValueError("--gradcam needs --model: Grad-CAM needs the model's gradients, which a TF Serving "
+                         "endpoint's default signature does not return")
     if model_dir and not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model dir not found: {model_dir}")
     if endpoint and tta > 1:
@@ -103,12 +141,15 @@ def predict_files(paths: Sequence[str], model_dir: str | None = None, as_json: b
         images = [data for _, data in good]
         predictions = predict_rest(endpoint, images) if endpoint else predict_bytes(model_dir, images, tta)
         results = [{"file": path, **p} for (path, _), p in zip(good, predictions, strict=True)]
+        if gradcam_dir:
+            for r, out in zip(results, write_gradcams(model_dir, good, gradcam_dir), strict=True):
+                r["gradcam"] = out
     if as_json:
         print(json.dumps({"predictions": results, "errors": errors}, indent=2))
     else:
         for r in results:
             probs = "  ".join(f"{c}={p:.3f}" for c, p in r["probabilities"].items())
-            print(f"{r['file']}: {r['class']}  ({probs})")
+            print(f"{r['file']}: {r['class']}  ({probs})" + (f"  gradcam: {r['gradcam']}" if "gradcam" in r else ""))
         for e in errors:
             print(f"{e['file']}: ERROR {e['error']}", file=sys.stderr)
     if not results:

@@ -1,4 +1,5 @@
-"""Evaluation extras and the run report: patient-level bootstrap CIs, ROC curves, report.html.
+"""Evaluation extras and the run report: patient-level bootstrap CIs, ROC curves, t-SNE of the
+test embeddings, Grad-CAM overlays, report.html.
 
 Imports are lazy (matplotlib, scikit-learn load on first use), so importing this package from
 the CLI or the run helpers costs nothing.
@@ -8,8 +9,14 @@ from __future__ import annotations
 
 REPORT_FILE = "report.html"
 ROC_PNG = "roc_curves.png"
+TSNE_PNG = "tsne.png"
+TSNE_JSON = "tsne.json"
+GRADCAM_PNG = "gradcam.png"
 
-__all__ = ["REPORT_FILE", "ROC_PNG", "bootstrap_ci", "build_report", "plot_roc", "plot_training_curves"]
+__all__ = [
+    "GRADCAM_PNG", "REPORT_FILE", "ROC_PNG", "TSNE_JSON", "TSNE_PNG",
+    "bootstrap_ci", "build_report", "plot_roc", "plot_training_curves",
+]
 
 
 def __getattr__(name: str):

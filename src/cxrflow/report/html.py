@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from cxrflow.io_utils import write_text_atomic
-from cxrflow.report import REPORT_FILE, ROC_PNG
+from cxrflow.report import GRADCAM_PNG, REPORT_FILE, ROC_PNG, TSNE_JSON, TSNE_PNG
 from cxrflow.report.plots import roc_png_from_saved_predictions, training_curves_png
 
 CONFUSION_PNG = "confusion_matrix.png"
@@ -28,6 +28,8 @@ SECTIONS = (
     ("slices", "Slices"),
     ("confusion", "Confusion matrix"),
     ("roc", "ROC curves"),
+    ("tsne", "t-SNE of the test embeddings: disease or dataset?"),
+    ("gradcam", "Grad-CAM: where the model looked"),
 )
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
@@ -229,6 +231,18 @@ def _png_section(run_dir: str, name: str, alt: str, fallback=None) -> str:
     return _note(f"{name} not found in the run dir")
 
 
+def _tsne_section(run_dir: str) -> str:
+    info, note = _load_json(run_dir, TSNE_JSON)
+    text = info.get("note") if isinstance(info, dict) else None
+    # The source warning gets the note box: it questions every number above it.
+    flagged = isinstance(info, dict) and info.get("sources_separate_more_than_classes")
+    if not text:
+        words = _note(note or f"{TSNE_JSON} has no note")
+    else:
+        words = _note(str(text)) if flagged else f"<p>{escape(str(text))}</p>"
+    return words + _png_section(run_dir, TSNE_PNG, "t-SNE of the test embeddings, by class and by source")
+
+
 def render_report(run_dir: str) -> str:
     """The report's HTML text for `run_dir` (raises FileNotFoundError without metrics.json)."""
     if not os.path.exists(os.path.join(run_dir, "metrics.json")):
@@ -250,6 +264,10 @@ def render_report(run_dir: str) -> str:
             "one-vs-rest ROC curves per class",
             lambda: roc_png_from_saved_predictions(run_dir, classes),
         ),
+        "tsne": _tsne_section(run_dir),
+        "gradcam": '<p class="meta">Per class: the most confident correct, then wrong, test predictions; '
+        "bright = evidence for the predicted class.</p>"
+        + _png_section(run_dir, GRADCAM_PNG, "Grad-CAM overlays of correct and wrong test predictions"),
     }
     config, _ = _load_json(run_dir, "run_config.json")
     facts = ""

@@ -11,6 +11,7 @@ metrics.json traces back to TFMA's output, which is kept beside it.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,7 +20,7 @@ from cxrflow import features as fk
 from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import join, write_json_atomic
 from cxrflow.metrics import blessing_decision, metrics_from_confusion, metrics_from_probabilities
-from cxrflow.report import ROC_PNG
+from cxrflow.report import GRADCAM_PNG, ROC_PNG, TSNE_JSON, TSNE_PNG
 from cxrflow.report.bootstrap import bootstrap_ci
 from cxrflow.report.plots import plot_roc
 
@@ -52,6 +53,42 @@ def predict_split(model_dir: str, pattern: str, classes: Sequence[str], batch_si
             extras[k].extend(v.decode() for v in raw[k].numpy())
     labels = np.array([index[c] for c in extras[fk.LABEL_KEY]], dtype=np.int64)
     return labels, np.concatenate(probs) if probs else np.zeros((0, len(classes))), extras
+
+
+def write_explanations(config: PipelineConfig, model_dir: str, pattern: str, labels: np.ndarray,
+                       probs: np.ndarray, sources: Sequence[str], output_dir: str) -> None:
+    """tsne.png/tsne.json (test embeddings by class and by source) and gradcam.png.
+
+    One more pass over the test split: every image's embedding, and the encoded bytes of the
+    few images chosen for Grad-CAM (from the predictions already made, so the choice needs no
+    extra inference).
+    """
+    import tensorflow as tf
+
+    from cxrflow.report.embeddings import write_tsne
+    from cxrflow.report.gradcam import pick_examples, write_gradcam_grid
+
+    model = tf.saved_model.load(model_dir)
+    if not {"embeddings", "gradcam"} <= set(model.signatures):  # a model exported before them
+        print(f"cxrflow: warning: {model_dir} has no embeddings/gradcam signatures: no t-SNE or Grad-CAM",
+              file=sys.stderr)
+        return
+    classes = list(config.classes)
+    pick = pick_examples(labels, probs, len(classes))
+    wanted = {i for row in pick for i, _ in row}
+    spec = fk.raw_feature_spec((fk.IMAGE_KEY,))
+    embeddings, encoded, seen = [], {}, 0
+    # Same files in the same order as predict_split, so index i is the same image there.
+    for batch in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern))).batch(config.batch_size):
+        images = tf.io.parse_example(batch, spec)[fk.IMAGE_KEY]
+        embeddings.append(model.signatures["embeddings"](images=images)["embedding"].numpy())
+        for j, data in enumerate(images.numpy()):
+            if seen + j in wanted:
+                encoded[seen + j] = data
+        seen += len(embeddings[-1])
+    write_tsne(np.concatenate(embeddings), [classes[i] for i in labels], sources, config.seed,
+               join(output_dir, TSNE_PNG), join(output_dir, TSNE_JSON))
+    write_gradcam_grid(model, pick, encoded, labels, probs, classes, config.image_size, join(output_dir, GRADCAM_PNG))
 
 
 def write_prediction_examples(path: str, labels, probs, extras: dict) -> None:
@@ -149,7 +186,8 @@ def run_evaluator(
     baseline_model_dir: str | None = None, beam_args: Sequence[str] = (),
 ) -> dict:
     """Evaluates on the test split; writes metrics.json (with patient-level bootstrap "ci95"),
-    slices.json, blessing.json, confusion_matrix.png and roc_curves.png.
+    slices.json, blessing.json, confusion_matrix.png, roc_curves.png, and the explanations
+    tsne.png, tsne.json and gradcam.png.
 
     With `baseline_model_dir` (the model being served), the baseline is evaluated on the same
     test examples, so the change threshold compares like with like.
@@ -192,4 +230,8 @@ def run_evaluator(
     plot_roc(labels, probs, classes, join(output_dir, ROC_PNG))
     np.savez(join(pred_dir, "predictions.npz"), labels=labels, probabilities=probs,
              patient_id=np.array(extras[fk.PATIENT_ID_KEY]), source=np.array(extras[fk.SOURCE_KEY]))
+    try:
+        write_explanations(config, model_dir, test_pattern, labels, probs, extras[fk.SOURCE_KEY], output_dir)
+    except Exception as e:  # pictures for people: never withhold the metrics and blessing over them
+        print(f"cxrflow: warning: t-SNE/Grad-CAM not written: {type(e).__name__}: {e}", file=sys.stderr)
     return {"metrics": metrics, "blessing": blessing}

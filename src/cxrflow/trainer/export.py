@@ -9,6 +9,10 @@ Signatures:
 - `serving_examples`: serialized tf.Example -> the same outputs, with the recorded `tta` views
   (the Evaluator's entry).
 - `metadata`: class names, image size and normalisation, so serving needs no other file.
+- `embeddings`: images -> `embedding`, the penultimate features [batch, D] (the "gap" output),
+  for t-SNE plots of what the model has learned.
+- `gradcam`: images -> `heatmap` [batch, H, W] in [0,1] at the model's input size and the
+  predicted `class_id`: Grad-CAM over the last conv feature map (the "gap" input).
 
 The TFT transform graph is inside the model (TransformFeaturesLayer), so the served model
 decodes, converts to grayscale, resizes and normalises exactly as in training.
@@ -19,9 +23,11 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import tensorflow as tf
 
 from cxrflow import features as fk
+from cxrflow.trainer.models import FEATURE_LAYER
 
 METADATA_FILE = "cxrflow_model.json"  # in assets.extra/, which TF Serving ignores
 
@@ -36,6 +42,14 @@ class CxrServingModule(tf.Module):
         self.image_size = image_size
         self.normalization = normalization
         self.tta = max(1, int(tta))
+        # One sub-model for both explanation signatures, sharing the trained layers (no copy of
+        # the weights): conv feature map (the "gap" input), embedding (its output), probabilities.
+        gap = model.get_layer(FEATURE_LAYER)
+        self.features = keras.Model(model.inputs, [gap.input, gap.output, model.output])
+        self.embedding_dim = int(gap.output.shape[-1])
+        # Grad-CAM scores the pre-softmax logit (as in Selvaraju et al.): the probability
+        # saturates near 1 for confident predictions and its gradient, hence the map, vanishes.
+        self.head = model.get_layer("probabilities")
 
     def _probabilities(self, images, views):
         xf = self.tft_layer({fk.IMAGE_KEY: images})[fk.IMAGE_XF_KEY]
@@ -62,6 +76,51 @@ class CxrServingModule(tf.Module):
         classes = tf.tile(tf.expand_dims(self.class_names, 0), [tf.shape(probs)[0], 1])
         return {"probabilities": probs, "class_id": class_id, "class_name": tf.gather(self.class_names, class_id),
                 "classes": classes}
+
+    def _gradcam(self, images):
+        xf = self.tft_layer({fk.IMAGE_KEY: images})[fk.IMAGE_XF_KEY]
+        with tf.GradientTape() as tape:
+            # Watching the input records every op after it, even with frozen (non-trainable) layers.
+            tape.watch(xf)
+            conv, embedding, probs = self.features(xf, training=False)
+            class_id = tf.argmax(probs, axis=-1)
+            logits = tf.matmul(tf.cast(embedding, tf.float32), tf.cast(self.head.kernel, tf.float32))
+            logits += tf.cast(self.head.bias, tf.float32)  # dropout before the head is off at inference
+            # Images are independent at inference (no batch statistics), so the gradient of the
+            # sum is each image's own gradient.
+            score = tf.reduce_sum(tf.gather(logits, class_id, axis=1, batch_dims=1))
+        # The gradient is taken against the recorded tensor itself, before any cast.
+        grads = tf.cast(tape.gradient(score, conv), tf.float32)
+        conv = tf.cast(conv, tf.float32)
+        weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)  # one weight per channel
+        cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1, keepdims=True))
+        cam = tf.image.resize(cam, tf.shape(xf)[1:3], method="bilinear")[..., 0]
+        peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
+        # A map that is zero everywhere (no positive evidence) stays zero instead of NaN.
+        cam = tf.clip_by_value(tf.math.divide_no_nan(cam, peak), 0.0, 1.0)
+        return cam, class_id
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def gradcam(self, images):
+        images = tf.reshape(images, [-1])
+        size = self.image_size
+        heatmap, class_id = tf.cond(
+            tf.size(images) > 0,
+            lambda: self._gradcam(images),
+            lambda: (tf.zeros([0, size, size], tf.float32), tf.zeros([0], tf.int64)),
+        )
+        return {"heatmap": heatmap, "class_id": class_id}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def embeddings(self, images):
+        images = tf.reshape(images, [-1])
+
+        def embed():
+            xf = self.tft_layer({fk.IMAGE_KEY: images})[fk.IMAGE_XF_KEY]
+            return tf.cast(self.features(xf, training=False)[1], tf.float32)
+
+        embedding = tf.cond(tf.size(images) > 0, embed, lambda: tf.zeros([0, self.embedding_dim], tf.float32))
+        return {"embedding": embedding}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_images(self, images):
@@ -125,6 +184,8 @@ def export_serving_model(
         "serving_tta": module.serve_images_tta.get_concrete_function(),
         "serving_examples": module.serve_examples.get_concrete_function(),
         "metadata": module.metadata.get_concrete_function(),
+        "embeddings": module.embeddings.get_concrete_function(),
+        "gradcam": module.gradcam.get_concrete_function(),
     }
     tf.saved_model.save(module, export_dir, signatures=signatures)
     extra = os.path.join(export_dir, "assets.extra")

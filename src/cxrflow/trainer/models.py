@@ -14,6 +14,9 @@ BACKBONES = {
 # Layers unfrozen in the second (fine-tuning) phase, counted from the top of the backbone.
 FINE_TUNE_LAYERS = {"resnet50": 30, "mobilenetv2": 40}
 BACKBONE_LAYER_NAME = "backbone"
+# Every model family ends in this GlobalAveragePooling2D: its input is the last conv feature map
+# (Grad-CAM) and its output the penultimate embedding (t-SNE); export.py finds both by this name.
+FEATURE_LAYER = "gap"
 
 
 @keras.saving.register_keras_serializable(package="cxrflow")
@@ -57,7 +60,7 @@ def build_cnn(image_size: int, num_classes: int, seed: int = 0, dropout: float =
         filters = min(filters * 2, 256)
     x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
                             kernel_initializer=keras.initializers.HeNormal(seed=seed + 99), name="last_conv")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     return keras.Model(inputs, _head(x, num_classes, seed, dropout), name="cxr_cnn")
 
 
@@ -101,12 +104,15 @@ def build_transfer(
         include_top=False,
         weights=resolved if resolved == "imagenet" else None,
         input_shape=(image_size, image_size, 3),
-        pooling="avg",
+        # No pooling inside the backbone: the "gap" layer below pools instead, so its input is
+        # the last conv feature map that the gradcam signature needs (see FEATURE_LAYER).
+        pooling=None,
     )
     if resolved not in (None, "imagenet"):
         backbone.load_weights(resolved, skip_mismatch=True)
     backbone.name = BACKBONE_LAYER_NAME
     x = backbone(x)
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     return keras.Model(inputs, _head(x, num_classes, seed, dropout), name=f"cxr_{name}")
 
 
