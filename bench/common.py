@@ -81,9 +81,10 @@ def config_for(root: str, **changes):
 
 
 def ensure_examples(root: str, name: str) -> str:
-    """ExampleGen output for the image folder `root`, cached under _data/work/<name>."""
+    """ExampleGen output for the image folder `root`, cached under _data/work/<name>_<code version>."""
     from cxrflow.stages.example_gen import REPORT_FILE, run_example_gen
 
+    name = f"{name}_{code_version()}"
     out = os.path.join(WORK_DIR, name)
     if not os.path.exists(os.path.join(out, REPORT_FILE)):
         out = fresh_dir(name)
@@ -91,11 +92,26 @@ def ensure_examples(root: str, name: str) -> str:
     return out
 
 
+def code_version() -> str:
+    """Hash of cxrflow's source: cached artifacts from other code must never be measured."""
+    import hashlib
+
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "cxrflow")
+    digest = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(src)):
+        for f in sorted(files):
+            if f.endswith(".py"):
+                with open(os.path.join(dirpath, f), "rb") as fh:
+                    digest.update(fh.read())
+    return digest.hexdigest()[:10]
+
+
 def ensure_transform(examples_dir: str, image_size: int, name: str) -> str:
-    """A transform graph (unit normalisation) written by cxrflow's run_transform, cached."""
+    """A transform graph (unit normalisation) written by cxrflow's run_transform, cached per code version."""
     from cxrflow.stages.example_gen import split_pattern
     from cxrflow.stages.transform import run_transform
 
+    name = f"{name}_{code_version()}"
     out = os.path.join(WORK_DIR, name)
     if not os.path.exists(os.path.join(out, "transform_config.json")):
         out = fresh_dir(name)

@@ -179,8 +179,8 @@ def profile(count: int) -> None:
     from cxrflow.config import Augmentation
 
     common.quiet()
-    examples = os.path.join(common.WORK_DIR, f"examples_n{count}")
-    xf_dir = os.path.join(common.WORK_DIR, f"transform_{IMAGE_SIZE}_n{count}")
+    examples = os.path.join(common.WORK_DIR, f"examples_n{count}_{common.code_version()}")
+    xf_dir = os.path.join(common.WORK_DIR, f"transform_{IMAGE_SIZE}_n{count}_{common.code_version()}")
     layer = tft.TFTransformOutput(xf_dir).transform_features_layer()
     pattern = os.path.join(examples, "Split-*", "*.tfrecord")
     n = len(decoded_tensors(pattern, layer)[1])

@@ -156,3 +156,16 @@ def test_resume_continues_from_the_last_checkpoint(tiny_config, stage_dirs, tran
     assert len(summary["history"]) == 2
     for a, b in zip(saved["weights"], resumed["weights"], strict=True):
         np.testing.assert_allclose(a, b)
+
+
+def test_rotate_and_zoom_geometry():
+    image = np.zeros((1, 33, 33, 1), np.float32)
+    image[0, 16, 24, 0] = 1.0  # a dot right of the centre
+    identity = data._rotate_and_zoom(tf.constant(image), tf.constant([0.0]), tf.constant([1.0])).numpy()
+    np.testing.assert_allclose(identity, image, atol=1e-6)
+    quarter = data._rotate_and_zoom(tf.constant(image), tf.constant([np.pi / 2]), tf.constant([1.0])).numpy()
+    y, x = np.unravel_index(quarter[0, :, :, 0].argmax(), (33, 33))
+    assert (abs(y - 16) == 8 and x == 16)  # the dot moved a quarter turn about the centre
+    zoomed = data._rotate_and_zoom(tf.constant(image), tf.constant([0.0]), tf.constant([2.0])).numpy()
+    y, x = np.unravel_index(zoomed[0, :, :, 0].argmax(), (33, 33))
+    assert (y, x) == (16, 32)  # zooming in by 2 doubles the distance from the centre
