@@ -71,6 +71,7 @@ def run_fn(fn_args: FnArgs) -> dict:
     import tensorflow_transform as tft
 
     from cxrflow.trainer import data
+    from cxrflow.trainer.checkpoints import ResumableTraining
     from cxrflow.trainer.export import export_serving_model
     from cxrflow.trainer.models import build_model, set_backbone_trainable
 
@@ -114,11 +115,10 @@ def run_fn(fn_args: FnArgs) -> dict:
         if phase["name"] == "finetune" and os.path.exists(best_path):
             model.load_weights(best_path)  # fine-tune from the best head, not the last
         callbacks = [
-            # BackupAndRestore is what makes a killed run resume at its last finished epoch.
-            keras.callbacks.BackupAndRestore(os.path.join(fn_args.model_run_dir, "backup", phase["name"])),
-            keras.callbacks.ModelCheckpoint(best_path, monitor="val_loss", save_best_only=True,
-                                            save_weights_only=True),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience),
+            # Resume backup, best checkpoint and early stopping, all written atomically: a
+            # killed run resumes at its last finished epoch with its best score and patience.
+            ResumableTraining(os.path.join(fn_args.model_run_dir, "backup", phase["name"]), best_path,
+                              monitor="val_loss", patience=config.early_stopping_patience),
             keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "logs"), update_freq="epoch"),
             keras.callbacks.CSVLogger(os.path.join(fn_args.model_run_dir, f"history_{phase['name']}.csv"),
                                       append=True),

@@ -1,0 +1,97 @@
+"""Kill-safe training state: resume backup, best checkpoint and early stopping in one callback.
+
+Keras' BackupAndRestore and ModelCheckpoint write their files in place, so a SIGKILL during a
+write leaves a half-written .h5 that the next run cannot load, and EarlyStopping's patience
+and ModelCheckpoint's best score restart from scratch after a resume (the first resumed epoch
+would then overwrite a better checkpoint). Here each epoch's state is written to a temporary
+directory that replaces the previous one by rename, and the best score and the patience counter
+travel in that state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import keras
+
+STATE = "state"
+WEIGHTS = "latest.weights.h5"
+META = "meta.json"
+
+
+def _replace_file(write, path: str) -> None:
+    tmp = path[: -len(".weights.h5")] + ".tmp.weights.h5" if path.endswith(".weights.h5") else path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+class ResumableTraining(keras.callbacks.Callback):
+    """Restores the last finished epoch at train start; keeps the best weights; stops early.
+
+    `backup_dir` holds `state/` (latest weights with optimizer state, and meta.json with the
+    epoch, best score and patience counter); `best_path` the best weights so far.
+    """
+
+    def __init__(self, backup_dir: str, best_path: str, monitor: str = "val_loss", patience: int = 6) -> None:
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.best_path = best_path
+        self.monitor = monitor
+        self.patience = patience
+        self.best = math.inf
+        self.wait = 0
+        self.resumed_from_epoch = 0
+
+    def _state_dir(self) -> str | None:
+        for name in (STATE, STATE + ".old"):  # .old: a kill came between the two renames
+            path = os.path.join(self.backup_dir, name)
+            if os.path.exists(os.path.join(path, META)):
+                return path
+        return None
+
+    def on_train_begin(self, logs=None) -> None:
+        state = self._state_dir()
+        self.model._initial_epoch = None  # a previous phase's resume point must not leak in
+        if state is None:
+            return
+        with open(os.path.join(state, META)) as f:
+            meta = json.load(f)
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(state, WEIGHTS))
+        self.best, self.wait = meta["best"], meta["wait"]
+        self.resumed_from_epoch = meta["epoch"]
+        # What Keras' own BackupAndRestore sets too; a run that had already stopped early (or
+        # finished) skips the epoch loop entirely.
+        done = meta.get("stopped") or meta["epoch"] >= self.params.get("epochs", math.inf)
+        self.model._initial_epoch = self.params["epochs"] if done else meta["epoch"]
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is not None and value < self.best:
+            self.best, self.wait = float(value), 0
+            _replace_file(lambda p: self.model.save_weights(p), self.best_path)
+        else:
+            self.wait += 1
+        stopped = self.wait >= self.patience
+        self._save(epoch + 1, stopped)
+        if stopped:
+            self.model.stop_training = True
+
+    def _save(self, epoch: int, stopped: bool) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        tmp = os.path.join(self.backup_dir, STATE + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        self.model.save_weights(os.path.join(tmp, WEIGHTS))
+        with open(os.path.join(tmp, META), "w") as f:
+            json.dump({"epoch": epoch, "best": self.best, "wait": self.wait, "stopped": stopped}, f)
+        current, old = os.path.join(self.backup_dir, STATE), os.path.join(self.backup_dir, STATE + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(current):
+            os.rename(current, old)
+        os.rename(tmp, current)
+        shutil.rmtree(old, ignore_errors=True)
