@@ -51,3 +51,27 @@ def test_a_failed_copy_leaves_no_version_behind(tmp_path, monkeypatch):
         pusher.push(_model(tmp_path), serving, "cxr")
     assert os.listdir(os.path.join(serving, "cxr")) == ["1"]
     assert pusher.latest_model_dir(serving, "cxr").endswith("/1")
+
+
+def test_blessed_push_is_registered_in_vertex_with_exact_arguments(tmp_path, monkeypatch):
+    from cxrflow import deploy
+    from cxrflow.config import PipelineConfig
+
+    calls = []
+    monkeypatch.setattr(deploy, "upload_vertex_model", lambda path, **kw: calls.append((path, kw)) or "models/42")
+    config = PipelineConfig(vertex_model="cxr", vertex_project="p", vertex_region="europe-west4",
+                            vertex_endpoint="endpoints/7")
+    result = pusher.run_pusher(_model(tmp_path), _evaluation(tmp_path, True), str(tmp_path / "s"), "cxr",
+                               config=config)
+    assert result["vertex_model"] == "models/42"
+    assert calls == [(result["path"], {"project": "p", "region": "europe-west4", "display_name": "cxr",
+                                       "serving_image": config.vertex_serving_image, "endpoint": "endpoints/7"})]
+
+
+def test_vertex_upload_of_a_local_push_is_a_clear_error(tmp_path):
+    from cxrflow.config import PipelineConfig
+    from cxrflow.deploy import DeployError
+
+    config = PipelineConfig(vertex_model="cxr", vertex_project="p", vertex_region="europe-west4")
+    with pytest.raises(DeployError, match="gs://"):
+        pusher.run_pusher(_model(tmp_path), _evaluation(tmp_path, True), str(tmp_path / "s"), "cxr", config=config)

@@ -48,6 +48,10 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--serving-dir", default=None, help="where blessed models are pushed (default OUTPUT/serving)")
     p.add_argument("--model-name", default="cxrflow")
     p.add_argument("--keep", type=int, default=0, help="keep only the newest N pushed versions (0 = all)")
+    p.add_argument("--vertex-model", default="", help="also register each push in Vertex AI under this name")
+    p.add_argument("--vertex-project", default="")
+    p.add_argument("--vertex-region", default="")
+    p.add_argument("--vertex-endpoint", default="", help="deploy the registered model to this Vertex endpoint")
     p.add_argument("--min-macro-recall", type=float, default=0.8)
     p.add_argument("--min-recall", default="covid=0.9", help="CLASS=VALUE,... recall floors for blessing")
     p.add_argument("--seed", type=int, default=42)
@@ -83,7 +87,9 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
         augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,
-        model_name=args.model_name, keep_versions=args.keep, min_macro_recall=args.min_macro_recall,
+        model_name=args.model_name, keep_versions=args.keep, vertex_model=args.vertex_model,
+        vertex_project=args.vertex_project, vertex_region=args.vertex_region, vertex_endpoint=args.vertex_endpoint,
+        min_macro_recall=args.min_macro_recall,
         min_recall=min_recall, seed=args.seed, base_image=args.base_image, beam_args=tuple(args.beam_arg),
         trainer_resources=Resources(args.trainer_cpu, args.trainer_memory, args.trainer_accelerator,
                                     args.trainer_gpus),
@@ -126,7 +132,7 @@ def _finish_run(output: str) -> None:
     push = read_json(push_path) if os.path.exists(push_path) else {"pushed": False}
     print(f"pushed version {push['version']} to {push['path']}" if push.get("pushed")
           else f"nothing pushed: {push.get('reason', 'see blessing')}")
-    print(f"results in {output}/ (metrics.json, slices.json, confusion_matrix.png, ingest_report.json)")
+    print(f"results in {output}/: report.html, metrics.json, slices.json, ingest_report.json and the pictures")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

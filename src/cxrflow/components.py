@@ -112,7 +112,8 @@ def pusher(config_json: str, model: Input[Model], evaluation: Input[Artifact], p
     from cxrflow.stages.pusher import run_pusher
 
     config = PipelineConfig.from_json(config_json)
-    result = run_pusher(model.path, evaluation.path, config.serving_dir, config.model_name, config.keep_versions)
+    result = run_pusher(model.path, evaluation.path, config.serving_dir, config.model_name, config.keep_versions,
+                        config)
     pushed.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, bool))})
     write_json_atomic(f"{pushed.path}/push.json", result)
     print(json.dumps(result))

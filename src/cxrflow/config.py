@@ -79,6 +79,11 @@ class PipelineConfig:
     serving_dir: str = ""
     model_name: str = "cxrflow"
     keep_versions: int = 0  # prune pushed versions to the newest N; 0 keeps all
+    vertex_model: str = ""  # display name: also register each push in Vertex AI Model Registry
+    vertex_project: str = ""
+    vertex_region: str = ""
+    vertex_endpoint: str = ""  # endpoint resource name or id to deploy the new model to
+    vertex_serving_image: str = "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
     # Local runs: completed stages and the Trainer's backups live here (see stage_cache.py)
     work_dir: str = ""
     # Deployment

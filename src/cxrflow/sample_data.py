@@ -71,8 +71,8 @@ def render(label: str, rng: np.random.Generator, size: int = 256) -> np.ndarray:
         side = rng.integers(0, 2)
         cx = centres[side] + rng.normal(0, 0.02)
         cy = lung_y + rng.choice([-0.13, 0.13]) + rng.normal(0, 0.02)
-        blob = _ellipse(yy, xx, cy, cx, 0.1 + rng.normal(0, 0.01), 0.08 + rng.normal(0, 0.01))
-        img += 0.45 * np.clip(1.2 - blob, 0, 1) * (lungs[side] < 1)
+        blob = _ellipse(yy, xx, cy, cx, 0.12 + rng.normal(0, 0.01), 0.09 + rng.normal(0, 0.01))
+        img += 0.6 * np.clip(1.2 - blob, 0, 1) * (lungs[side] < 1)
     # Acquisition: exposure and contrast vary between machines, plus quantum noise.
     img = img * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05)
     img += rng.normal(0, 0.025, img.shape).astype(np.float32)

@@ -90,8 +90,14 @@ def prune(serving_dir: str, model_name: str, keep: int) -> list[int]:
     return old
 
 
-def run_pusher(model_dir: str, evaluation_dir: str, serving_dir: str, model_name: str, keep: int = 0) -> dict:
-    """Pushes only a blessed model; otherwise pushes nothing and says why."""
+def run_pusher(
+    model_dir: str, evaluation_dir: str, serving_dir: str, model_name: str, keep: int = 0, config=None
+) -> dict:
+    """Pushes only a blessed model; otherwise pushes nothing and says why.
+
+    With `config.vertex_model`, the pushed version (which must be on gs://) is also registered
+    in Vertex AI Model Registry and, with `config.vertex_endpoint`, deployed there.
+    """
     from cxrflow.stages.evaluator import BLESSING_FILE
 
     blessing = read_json(join(evaluation_dir, BLESSING_FILE))
@@ -99,4 +105,13 @@ def run_pusher(model_dir: str, evaluation_dir: str, serving_dir: str, model_name
         return {"pushed": False, "reason": "model not blessed", "blessing_reasons": blessing["reasons"]}
     if not serving_dir:
         return {"pushed": False, "reason": "no serving_dir configured"}
-    return push(model_dir, serving_dir, model_name, keep)
+    result = push(model_dir, serving_dir, model_name, keep)
+    if config is not None and config.vertex_model:
+        from cxrflow import deploy
+
+        result["vertex_model"] = deploy.upload_vertex_model(
+            result["path"], project=config.vertex_project, region=config.vertex_region,
+            display_name=config.vertex_model, serving_image=config.vertex_serving_image,
+            endpoint=config.vertex_endpoint or None,
+        )
+    return result
