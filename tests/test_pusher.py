@@ -75,3 +75,18 @@ def test_vertex_upload_of_a_local_push_is_a_clear_error(tmp_path):
     config = PipelineConfig(vertex_model="cxr", vertex_project="p", vertex_region="europe-west4")
     with pytest.raises(DeployError, match="gs://"):
         pusher.run_pusher(_model(tmp_path), _evaluation(tmp_path, True), str(tmp_path / "s"), "cxr", config=config)
+
+
+def test_object_store_push_writes_success_last_and_readers_honour_it(tmp_path):
+    """tf.io.gfile's in-memory ram:// filesystem stands in for gs://: same code path, no network."""
+    import tensorflow as tf
+
+    serving = f"ram://{tmp_path.name}/serving"
+    first = pusher.push(_model(tmp_path), serving, "cxr")
+    assert first["version"] == 1
+    assert tf.io.gfile.exists(f"{serving}/cxr/1/_SUCCESS")
+    assert tf.io.gfile.exists(f"{serving}/cxr/1/saved_model.pb")
+    # A version without _SUCCESS (a copy cut short) is invisible to readers and to the baseline.
+    tf.io.gfile.makedirs(f"{serving}/cxr/2/variables")
+    assert pusher.complete_versions(serving, "cxr") == [1]
+    assert pusher.latest_model_dir(serving, "cxr") == f"{serving}/cxr/1"
