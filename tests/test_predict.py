@@ -120,3 +120,32 @@ def test_unreachable_endpoint_is_a_clear_error(image_files, capsys):
     assert main(["predict", good[0], "--endpoint", "http://127.0.0.1:9/v1/models/cxrflow"]) == 2
     err = capsys.readouterr().err
     assert "could not reach the endpoint" in err and "Traceback" not in err
+
+
+def test_predict_through_a_vertex_endpoint(trained_model, image_files, capsys, monkeypatch):
+    """The Vertex SDK is replaced at its call boundary by a fake that serves the real model."""
+    from cxrflow import deploy
+
+    signature = tf.saved_model.load(trained_model).signatures["serving_default"]
+    seen = {}
+
+    class FakeEndpoint:
+        def __init__(self, endpoint_name):
+            seen["name"] = endpoint_name
+
+        def predict(self, instances):
+            out = signature(images=tf.constant([base64.b64decode(i["b64"]) for i in instances]))
+            rows = [{"probabilities": out["probabilities"][i].numpy().tolist(),
+                     "class_name": out["class_name"][i].numpy().decode(),
+                     "classes": [c.decode() for c in out["classes"][i].numpy()]} for i in range(len(instances))]
+            return type("Prediction", (), {"predictions": rows})()
+
+    real = deploy.predict_vertex
+    monkeypatch.setattr(deploy, "predict_vertex", lambda e, i: real(e, i, endpoint_factory=FakeEndpoint))
+    good, _ = image_files
+    name = "projects/p/locations/europe-west4/endpoints/123"
+    assert main(["predict", *good, "--endpoint", name, "--json"]) == 0
+    assert seen["name"] == name
+    assert len(json.loads(capsys.readouterr().out)["predictions"]) == 2
+    assert main(["predict", good[0], "--endpoint", "projects/p/endpoints/1"]) == 2
+    assert "projects/P/locations/R/endpoints/E" in capsys.readouterr().err

@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("images", nargs="+")
     pred.add_argument("--model", default=None, help="a SavedModel dir (e.g. runs/demo/serving/cxrflow/1)")
     pred.add_argument("--endpoint", default=None,
-                      help="TF Serving REST model URL, e.g. http://localhost:8501/v1/models/cxrflow")
+                      help="TF Serving REST model URL (http://HOST:8501/v1/models/cxrflow) or a Vertex endpoint "
+                      "(projects/P/locations/R/endpoints/E)")
     pred.add_argument("--tta", type=int, default=1)
     pred.add_argument("--json", action="store_true")
     pred.add_argument("--max-pixels", type=int, default=50_000_000)

@@ -9,6 +9,7 @@ reaches a log.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,20 @@ def upload_vertex_model(
         return str(model.resource_name)
 
     return call_client(_vertex_host(region), run)
+
+
+def predict_vertex(endpoint: str, instances: list, *, endpoint_factory: Callable[..., Any] | None = None) -> list:
+    """Online prediction on a Vertex AI endpoint (`projects/P/locations/R/endpoints/E`).
+
+    `instances` are TF Serving-style rows (`{"b64": ...}`); the answer is the endpoint's
+    prediction rows, in order.
+    """
+    match = re.fullmatch(r"projects/[^/]+/locations/(?P<region>[^/]+)/endpoints/[^/]+", endpoint or "")
+    if not match:
+        raise DeployError(f"a Vertex endpoint is projects/P/locations/R/endpoints/E, got {endpoint!r}")
+    endpoint_cls = endpoint_factory or _aiplatform().Endpoint
+
+    def run() -> list:
+        return list(endpoint_cls(endpoint_name=endpoint).predict(instances=instances).predictions)
+
+    return call_client(_vertex_host(match.group("region")), run)

@@ -85,6 +85,16 @@ def predict_rest(endpoint: str, images: Sequence[bytes], timeout: float = 60.0) 
     return [_from_serving_row(row) for row in payload["predictions"]]
 
 
+def predict_vertex_endpoint(endpoint: str, images: Sequence[bytes]) -> list[dict]:
+    """The same rows from a Vertex AI endpoint serving the exported model."""
+    import base64
+
+    from cxrflow import deploy
+
+    rows = deploy.predict_vertex(endpoint, [{"b64": base64.b64encode(b).decode("ascii")} for b in images])
+    return [_from_serving_row(row) for row in rows]
+
+
 def _from_serving_row(row: dict) -> dict:
     return {"class": row["class_name"],
             "probabilities": {c: float(p) for c, p in zip(row["classes"], row["probabilities"], strict=True)}}
@@ -139,7 +149,12 @@ def predict_files(paths: Sequence[str], model_dir: str | None = None, as_json: b
     results = []
     if good:
         images = [data for _, data in good]
-        predictions = predict_rest(endpoint, images) if endpoint else predict_bytes(model_dir, images, tta)
+        if endpoint and endpoint.startswith("projects/"):
+            predictions = predict_vertex_endpoint(endpoint, images)
+        elif endpoint:
+            predictions = predict_rest(endpoint, images)
+        else:
+            predictions = predict_bytes(model_dir, images, tta)
         results = [{"file": path, **p} for (path, _), p in zip(good, predictions, strict=True)]
         if gradcam_dir:
             for r, out in zip(results, write_gradcams(model_dir, good, gradcam_dir), strict=True):
