@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cProfile
+import functools
 import io
 import json
 import os
@@ -92,6 +93,7 @@ def ensure_examples(root: str, name: str) -> str:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of cxrflow's source: cached artifacts from other code must never be measured."""
     import hashlib
