@@ -137,6 +137,16 @@ def test_bad_input_through_ingest_and_run_is_reported_not_crashed(tiny_data, tmp
         "empty.png": "empty", "truncated.png": "corrupt", "random.png": "not_image", "page.jpg": "not_image",
         "bomb.png": "too_large", "tiny.png": "too_small",
     }
+    # The same corpus through a whole `run`: the bad files are skipped and reported there too.
+    run_out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "cxrflow.cli", "run", "--data", f"folders:{data}", "--output",
+                           str(run_out), "--image-size", "32", "--epochs", "1", "--min-macro-recall", "0",
+                           "--min-recall", ""], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_report = read_json(run_out / "ingest_report.json")
+    run_reasons = {os.path.basename(s["path"]): s["reason"] for s in run_report["skipped"]}
+    assert {n: run_reasons.get(n) for n in BAD_FILES} == {n: reasons[n] for n in BAD_FILES}
+    assert "Traceback" not in done.stderr
     missing = subprocess.run([sys.executable, "-m", "cxrflow.cli", "run", "--data", f"folders:{tmp_path}/nope",
                               "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "data folder not found" in missing.stderr

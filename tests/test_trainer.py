@@ -97,12 +97,16 @@ def test_serving_as_tf_serving_calls_it_from_rest_json(trained_model):
     assert out["probabilities"].shape == (2, 3)
 
 
-def test_serving_defined_behaviour_for_empty_and_corrupt_batches(trained_model):
+def test_serving_defined_behaviour_for_empty_corrupt_and_oversize_batches(trained_model):
     signature = tf.saved_model.load(trained_model).signatures["serving_default"]
     empty = signature(images=tf.constant([], tf.string))
     assert empty["probabilities"].shape == (0, 3)
     with pytest.raises(tf.errors.InvalidArgumentError):
         signature(images=tf.constant([png_bytes(), b"not an image"]))
+    # Oversize (36 MP) is resized inside the graph like any other image; limits are the client's.
+    huge = png_bytes(size=(6000, 6000))
+    out = signature(images=tf.constant([huge, png_bytes()]))
+    assert out["probabilities"].shape == (2, 3)
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_config, stage_dirs, transform_graph, resampled, tmp_path):
