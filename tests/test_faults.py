@@ -190,3 +190,28 @@ def test_beam_stages_match_under_the_multi_process_runner(tiny_config, stage_dir
     b = run_resample(over, train, counts, str(tmp_path / "rs2"))
     assert a["counts_after"] == b["counts_after"]
     assert _split_ids(str(tmp_path / "rs1"))["train"] == _split_ids(str(tmp_path / "rs2"))["train"]
+
+
+def test_evaluator_beam_part_matches_under_the_multi_process_runner(tmp_path):
+    import tensorflow_model_analysis as tfma
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from cxrflow import features as fk
+    from cxrflow.stages.evaluator import eval_config, read_tfma_results, write_prediction_examples
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 60)
+    probs = rng.dirichlet(np.ones(3), 60).astype(np.float32)
+    extras = {fk.LABEL_KEY: [str(i) for i in labels], fk.SOURCE_KEY: ["a", "b"] * 30, fk.VIEW_KEY: [""] * 60,
+              fk.SEX_KEY: [""] * 60, fk.AGE_GROUP_KEY: [""] * 60, fk.PATIENT_ID_KEY: [str(i) for i in range(60)]}
+    path = str(tmp_path / "p.tfrecord")
+    write_prediction_examples(path, labels, probs, extras)
+    results = {}
+    for name, args in (("single", ()), ("multi", MULTI)):
+        tfma.run_model_analysis(eval_shared_model=None, eval_config=eval_config(3), data_location=path,
+                                output_path=str(tmp_path / name), pipeline_options=PipelineOptions(list(args)))
+        results[name] = read_tfma_results(str(tmp_path / name), 3)
+    assert set(results["single"]) == set(results["multi"])
+    for key, value in results["single"].items():
+        np.testing.assert_array_equal(value["confusion"], results["multi"][key]["confusion"])
+        assert value["auc"] == pytest.approx(results["multi"][key]["auc"], abs=1e-6)
