@@ -72,6 +72,22 @@ def trained_model(tiny_config, stage_dirs, transform_graph, resampled) -> str:
     return stage_dirs["model"]
 
 
+@pytest.fixture
+def package(tmp_path):
+    """A compiled-pipeline stand-in for the deploy tests."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("pipelineInfo: {name: cxrflow}\n")
+    return str(path)
+
+
+@pytest.fixture
+def rec():
+    """A recorder the deploy tests' fake clients write their calls into."""
+    from tests.deploy_fakes import Recorder
+
+    return Recorder()
+
+
 def read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)

@@ -9,19 +9,7 @@ import pytest
 
 from cxrflow import deploy
 from cxrflow.deploy import DeployError
-from tests.deploy_fakes import HOST, SECRET, Recorder, fake_kfp_client
-
-
-@pytest.fixture
-def package(tmp_path):
-    path = tmp_path / "pipeline.yaml"
-    path.write_text("pipelineInfo: {name: cxrflow}\n")
-    return str(path)
-
-
-@pytest.fixture
-def rec():
-    return Recorder()
+from tests.deploy_fakes import HOST, SECRET, fake_kfp_client
 
 
 # --- import hygiene --------------------------------------------------------------------------

@@ -11,18 +11,6 @@ from cxrflow.deploy import DeployError
 from tests.deploy_fakes import SECRET, VERTEX, Recorder, fake_aiplatform
 
 
-@pytest.fixture
-def package(tmp_path):
-    path = tmp_path / "pipeline.yaml"
-    path.write_text("pipelineInfo: {name: cxrflow}\n")
-    return str(path)
-
-
-@pytest.fixture
-def rec():
-    return Recorder()
-
-
 # --- Vertex AI -------------------------------------------------------------------------------
 def test_submit_vertex_passes_exact_arguments(package, rec, monkeypatch):
     monkeypatch.setattr(deploy, "_aiplatform", lambda: fake_aiplatform(rec))
