@@ -40,3 +40,11 @@ def test_source_slices_separate_sources(tmp_path):
     assert results["source=kaggle"]["confusion"].trace() > results["source=ieee"]["confusion"].trace()
     covid = results["label=covid"]["confusion"]
     assert covid[0].sum() == (labels == 0).sum() and covid[1:].sum() == 0
+
+
+def test_missing_metadata_slices_read_unknown():
+    from cxrflow.stages.evaluator import _slice_name
+
+    assert _slice_name(()) == "overall"
+    assert _slice_name((("sex", ""),)) == "sex=(unknown)"
+    assert _slice_name((("source", "kaggle"), ("view", "PA"))) == "source=kaggle;view=PA"

@@ -126,7 +126,11 @@ def eval_config(num_classes: int):
 
 
 def _slice_name(slice_key) -> str:
-    return "overall" if not slice_key else ";".join(f"{k}={v}" for k, v in slice_key)
+    """`overall`, or `feature=value` joined by `;`; a metadata value the source lacked reads
+    `(unknown)` rather than an empty string."""
+    if not slice_key:
+        return "overall"
+    return ";".join(f"{k}={v if v not in ('', b'') else '(unknown)'}" for k, v in slice_key)
 
 
 def read_tfma_results(output_path: str, num_classes: int) -> dict[str, dict]:
