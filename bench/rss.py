@@ -1,4 +1,10 @@
-"""peak_rss_ratio_4x: peak RSS of ExampleGen in a fresh subprocess at 4x the data / at 1x.
+"""peak_rss_ratio_4x: peak RSS of the Beam data stages in a fresh subprocess at 4x the data / at 1x.
+
+The child runs ExampleGen, then Transform with z-score normalisation (so TFT's analyzers make a
+full pass over the training pixels), then Resample in `over` mode (reads and rewrites the
+training split): every stage that streams the dataset. The Trainer is left out on purpose: it
+caches decoded tensors in memory up to 2 GiB by design (then in a file), so its RSS grows with
+data until that cap.
 
 Each run is its own child process (`python -m bench.rss --child ...`) that reports its own
 high-water mark, VmHWM from /proc/self/status (plus getrusage(RUSAGE_CHILDREN) for any
@@ -36,10 +42,15 @@ def _child(root: str | None, out: str) -> None:
     import apache_beam  # noqa: F401
     import tensorflow  # noqa: F401
 
-    from cxrflow.stages import example_gen
+    from cxrflow.stages import example_gen, resample, transform
 
     if root:
-        example_gen.run_example_gen(common.config_for(root), common.fresh_dir(out))
+        config = common.config_for(root, normalization="zscore", resample="over", image_size=512)
+        examples = common.fresh_dir(out)
+        report = example_gen.run_example_gen(config, examples)
+        train = example_gen.split_pattern(examples, "train")
+        transform.run_transform(config, train, common.fresh_dir(out + "_transform"))
+        resample.run_resample(config, train, report["splits"]["train"], common.fresh_dir(out + "_resample"))
     own = _vm_hwm_kb()
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print("RSS_JSON " + json.dumps({"self_kb": own, "children_kb": kids}), flush=True)

@@ -108,20 +108,22 @@ def run_resample(
 
     out_pattern = join(output_dir, "Split-train", "data")
     with beam.Pipeline(options=PipelineOptions(list(beam_args or config.beam_args))) as p:
-        keyed = (
-            p
-            | "ReadTrain" >> beam.io.ReadFromTFRecord(train_pattern)
-            | "Key" >> beam.Map(lambda s: (s, example_key(seed, s)))
-        )
+        # The training split is read twice on purpose: the first pass keeps only (label, key)
+        # pairs to find the thresholds; the second streams examples through once those are
+        # known. One shared read would make the runner hold every example until the side
+        # input is ready, so memory would grow with the dataset.
         thresholds = (
-            keyed
-            | "LabelKeys" >> beam.Map(lambda kv: kv[1])
+            p
+            | "ReadForKeys" >> beam.io.ReadFromTFRecord(train_pattern)
+            | "LabelKeys" >> beam.Map(lambda s: example_key(seed, s))
             | "Smallest" >> beam.combiners.Top.SmallestPerKey(top_n)
             | "AllClasses" >> beam.combiners.ToList()
             | "Thresholds" >> beam.Map(thresholds_from)
         )
         _ = (
-            keyed
+            p
+            | "ReadTrain" >> beam.io.ReadFromTFRecord(train_pattern)
+            | "Key" >> beam.Map(lambda s: (s, example_key(seed, s)))
             | "Resample" >> beam.FlatMap(expand, beam.pvalue.AsSingleton(thresholds))
             | "Write" >> beam.io.WriteToTFRecord(out_pattern, file_name_suffix=".tfrecord")
         )

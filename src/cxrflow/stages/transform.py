@@ -21,6 +21,7 @@ from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import write_json_atomic
 
 ZSCORE_EPSILON = 1e-6
+ANALYZE_BATCH_SIZE = 16
 
 
 def decode_grayscale(image_bytes, image_size: int):
@@ -85,8 +86,12 @@ def run_transform(config: PipelineConfig, train_pattern: str, output_dir: str, b
     preprocessing_fn = make_preprocessing_fn(config.image_size, config.normalization)
     temp_dir = os.path.join(output_dir, ".tft_tmp") if "://" not in output_dir else output_dir + "/.tft_tmp"
     options = PipelineOptions(list(beam_args or config.beam_args))
-    with beam.Pipeline(options=options) as p, tft_beam.Context(temp_dir=temp_dir):
-        raw = p | "ReadTrain" >> source.BeamSource()
+    # A fixed, small batch (here and in BeamSource below): tfx-bsl otherwise grows batches with
+    # the data, and a batch of full-resolution decoded X-rays is gigabytes. Measured in bench/:
+    # peak RSS 1.20 GB at 100 images vs 1.50 GB at 400 before, 1.18 vs 1.23 GB after.
+    with beam.Pipeline(options=options) as p, tft_beam.Context(temp_dir=temp_dir,
+                                                               desired_batch_size=ANALYZE_BATCH_SIZE):
+        raw = p | "ReadTrain" >> source.BeamSource(batch_size=ANALYZE_BATCH_SIZE)
         transform_fn = (raw, source.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(preprocessing_fn)
         _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(output_dir)
     write_json_atomic(
