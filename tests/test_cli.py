@@ -61,3 +61,16 @@ def test_deploy_mistakes_are_one_line_errors(tmp_path, capsys, monkeypatch, argv
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_an_unforeseen_error_is_one_line_not_a_traceback(monkeypatch, capsys):
+    from cxrflow import pipeline
+
+    def boom(config, path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(pipeline, "compile_pipeline", boom)
+    monkeypatch.delenv("CXRFLOW_DEBUG", raising=False)
+    assert cli.main(["compile", "--output", "/srv/p.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected PermissionError" in err and "Traceback" not in err

@@ -321,10 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
         print(f"cxrflow: error: {message}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # a failed pipeline task (kfp.local) or stage
+    except Exception as e:  # a failed pipeline task (kfp.local), a stage, or something unforeseen
         if os.environ.get("CXRFLOW_DEBUG"):
             raise
-        print(f"cxrflow: failed: {e}", file=sys.stderr)
+        prefix = "failed" if isinstance(e, RuntimeError) else f"unexpected {type(e).__name__}"
+        print(f"cxrflow: {prefix}: {e}", file=sys.stderr)
         print(json.dumps({"hint": "rerun with CXRFLOW_DEBUG=1 for the full traceback"}), file=sys.stderr)
         return 1
 
