@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 def is_remote(path: str) -> bool:
@@ -84,23 +81,3 @@ def read_text(path: str) -> str:
 
 def read_json(path: str) -> object:
     return json.loads(read_text(path))
-
-
-@contextmanager
-def atomic_directory(path: str) -> Iterator[str]:
-    """Yields a temporary sibling directory; renames it to `path` only if the block succeeds.
-
-    Only for local paths: a directory rename is atomic on POSIX filesystems. Callers that write
-    to object stores mark completion with a `_SUCCESS` file instead (see pusher).
-    """
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.tmp-")
-    try:
-        yield tmp
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

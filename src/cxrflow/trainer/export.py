@@ -194,8 +194,3 @@ def export_serving_model(
         f.write(json.dumps({"classes": list(classes), "image_size": image_size,
                             "normalization": normalization, "tta": tta}, indent=2))
     return export_dir
-
-
-def load_metadata(model_dir: str) -> dict:
-    with tf.io.gfile.GFile(os.path.join(model_dir, "assets.extra", METADATA_FILE)) as f:
-        return json.loads(f.read())
