@@ -1,8 +1,10 @@
+# ruff: noqa: E501 (verbatim CSV rows of the real metadata below)
 """The IEEE covid-chestxray-dataset adapter: listing rules only (no Beam, no pixels read)."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 
 import pytest
@@ -170,3 +172,63 @@ def test_paths_under_a_bucket_keep_their_scheme():
     adapter = IeeeSource("gs://bucket/covid-chestxray-dataset", CLASSES)
     assert adapter.resolve_inside_root("images/./a.png") == "gs://bucket/covid-chestxray-dataset/images/a.png"
     assert adapter.resolve_inside_root("images/../../other/a.png") is None
+
+
+# The header of the first public release (February 2020), verbatim: `Patientid`, ` url`, no
+# modality or folder column, and CT slices marked in `view`. Rows are abbreviated real rows.
+FIRST_RELEASE = """Patientid,offset,sex,age,finding,survival,view,date,location,filename,doi, url,license,notes
+2,0,M,65,COVID-19,Y,PA,2020,,auntminnie-a-2020_01_28_23_51_6665_2020_01_28_Vietnam_coronavirus.jpeg,10.1056/nejmc2001272,https://www.nejm.org/doi/full/10.1056/NEJMc2001272,,
+2,3,M,65,COVID-19,Y,PA,2020,,auntminnie-b-2020_01_28_23_51_6665_2020_01_28_Vietnam_coronavirus.jpeg,10.1056/nejmc2001272,https://www.nejm.org/doi/full/10.1056/NEJMc2001272,,
+5,,,,ARDS,,PA,2017,,ARDSSevere.png,,https://en.wikipedia.org/wiki/File:ARDSSevere.png,,Severe ARDS. Person is intubated with an OG in place.
+13,4,M,35,COVID-19,Y,L,"January 19, 2020","Snohomish County, Washington, USA",nejmoa2001191_f1-L.jpeg,10.1056/NEJMoa2001191,https://www.nejm.org/doi/full/10.1056/NEJMoa2001191,,No thoracic abnormalities were noted.
+17,9,M,54,COVID-19,Y,CT,2020,"Myongji Hospital, Goyang, Korea",jkms-35-e79-g001-l-d.jpg,10.3346/jkms.2020.35.e79,https://www.jkms.org/DOIx.php?id=10.3346/jkms.2020.35.e79,,"Small consolidation in right upper lobe"
+"""
+
+
+def _write_release(root: str, text: str) -> None:
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    with open(os.path.join(root, "metadata.csv"), "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    for i, name in enumerate(sorted(set(re.findall(r"[\w.-]+\.(?:jpeg|jpg|png)", text)))):
+        write(os.path.join(root, "images", name), image_bytes("covid", 900 + i))
+
+
+def test_first_release_header_keeps_patients_together(tmp_path):
+    root = str(tmp_path / "first-release")
+    _write_release(root, FIRST_RELEASE)
+    records, exclusions = scan(root)
+    # Patient 2's two films share one patient id: the `Patientid` spelling was once missed,
+    # which made each film its own patient and let one patient straddle train and test.
+    assert {r.patient_id for r in records} == {"ieee:first-release:2"}
+    assert len(records) == 2
+    assert Counter(e.reason for e in exclusions) == {"finding:ARDS": 1, "view": 1, "modality": 1}
+
+
+def test_current_header_with_trailing_comma(tmp_path):
+    # The current header ends in a comma (an unnamed last column); real rows end in ",,".
+    header = ",".join(IEEE_HEADER) + ","
+    row = ("2,0,M,65,Pneumonia/Viral/COVID-19,Y,Y,N,N,N,N,Y,,,,,,,PA,X-ray,\"January 22, 2020\","
+           "\"Cho Ray Hospital, Ho Chi Minh City, Vietnam\",images,auntminnie-a.jpeg,10.1056/nejmc2001272,"
+           "https://www.nejm.org/doi/full/10.1056/NEJMc2001272,,\"a 65-year-old man,\nadmitted\",,")
+    root = str(tmp_path / "current")
+    _write_release(root, header + "\n" + row + "\n")
+    records, exclusions = scan(root)
+    assert [(r.label, r.patient_id, r.sex, r.age) for r in records] == [("covid", "ieee:current:2", "M", "65")]
+    assert exclusions == []
+
+
+def test_metadata_without_patient_column_is_refused(tmp_path):
+    root = str(tmp_path / "clone")
+    _write_release(root, "finding,view,filename\nCOVID-19,PA,a.png\n")
+    with pytest.raises(ValueError, match="patientid"):
+        scan(root)
+
+
+def test_row_without_patient_id_is_excluded_not_guessed(tmp_path):
+    root = str(tmp_path / "clone")
+    write_metadata(root, [ieee_row("", "COVID-19", "a.png"), ieee_row("7", "COVID-19", "b.png")])
+    for i, name in enumerate("ab"):
+        write(os.path.join(root, "images", f"{name}.png"), image_bytes("covid", 950 + i))
+    records, exclusions = scan(root)
+    assert [os.path.basename(r.path) for r in records] == ["b.png"]
+    assert [e.reason for e in exclusions] == ["no_patient_id"]

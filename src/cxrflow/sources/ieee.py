@@ -3,7 +3,9 @@
 One row per image. Findings are hierarchical in current releases (`Pneumonia/Viral/COVID-19`,
 `Pneumonia/Bacterial/Streptococcus`, `No Finding`) and flat in older ones (`COVID-19`,
 `COVID-19, ARDS`); older releases also lack the `folder`, `modality` and `RT_PCR_positive`
-columns. Rows are matched by column name, so either layout works.
+columns. Rows are matched by column name, so either layout works. Names are matched without
+case and surrounding blanks: the first release (February 2020) spells `Patientid` and ` url`,
+and a patient column missed by spelling would make every image its own patient (a leak).
 """
 
 from __future__ import annotations
@@ -83,15 +85,23 @@ class IeeeSource(SourceAdapter):
         user_rules = parse_finding_map(self.options.get("finding_map", ""))
         listed: dict[str, set[str]] = {}  # folder -> files present, listed once per folder
         seen: set[str] = set()
-        for row in csv.DictReader(io.StringIO(text, newline="")):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = {(name or "").strip().lower() for name in reader.fieldnames or ()}
+        missing = {"patientid", "finding", "filename"} - columns
+        if missing:
+            # Without patient ids the split cannot keep a patient's films together: refuse
+            # rather than silently treat every image as its own patient.
+            raise ValueError(f"{metadata} lacks the column(s) {sorted(missing)}: is it the IEEE metadata.csv?")
+        for row in reader:
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
             folder = row.get("folder") or DEFAULT_FOLDER
             filename = row.get("filename", "")
             where = posixpath.join(self.root, folder, filename)
             # Older releases have no modality column and hold X-rays only; an empty cell there
             # means the same. "X-ray", "X-Ray" and "xray" all occur.
             modality = re.sub(r"[^a-z]", "", (row.get("modality") or "X-ray").lower())
-            if modality != "xray":
+            # ... except that the first release put CT slices under `view` ("CT").
+            if modality != "xray" or (not row.get("modality") and _normalize_view(row.get("view", "")) == "ct"):
                 yield Exclusion(source, where, "modality")
                 continue
             if _normalize_view(row.get("view", "")) not in views:
@@ -116,6 +126,9 @@ class IeeeSource(SourceAdapter):
             if path not in listed[folder]:
                 yield Exclusion(source, path, "missing_file")
                 continue
+            if not row.get("patientid"):
+                yield Exclusion(source, path, "no_patient_id")  # cannot be split leak-free
+                continue
             image_id = f"{source}:{self.relative(path)}"
             if image_id in seen:
                 # Two rows naming one file would make ExampleGen refuse the whole run.
@@ -126,7 +139,7 @@ class IeeeSource(SourceAdapter):
                 path=path,
                 image_id=image_id,
                 label=label,
-                patient_id=f"{source}:{row.get('patientid', '') or self.relative(path)}",
+                patient_id=f"{source}:{row['patientid']}",
                 source=source,
                 view=row.get("view", ""),
                 sex=row.get("sex", ""),
