@@ -51,3 +51,42 @@ def test_sixteen_bit_png_keeps_its_depth():
     checked = check_image(data, 10**8)
     assert not checked.reencoded and checked.mode.startswith("I;16")
     assert np.asarray(Image.open(io.BytesIO(checked.data))).max() > 255
+
+
+def _film(size: tuple[int, int] = (1210, 1450)) -> np.ndarray:
+    """A radiograph-sized picture with grain: large enough that libjpeg scales it down on decode."""
+    from cxrflow.sample_data import render
+
+    rng = np.random.default_rng(11)
+    small = Image.fromarray(render("covid", rng, 256), mode="F").resize(size, Image.BILINEAR)
+    return np.clip(np.asarray(small) + rng.normal(0, 0.02, small.size[::-1]), 0, 1)
+
+
+def _encode(pixels: np.ndarray, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img = Image.fromarray((pixels * 255).astype(np.uint8))
+    (img.convert("RGB") if fmt == "JPEG" else img).save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def test_large_jpeg_fingerprints_match_its_png_copy():
+    # Large JPEGs are fingerprinted from libjpeg's scaled decode, PNGs from a full decode: the
+    # two previews must show the same picture (an unaligned draft once drifted to RMS 5).
+    from cxrflow.images import thumbnails_match
+
+    film = _film()
+    jpeg = check_image(_encode(film, "JPEG", quality=85), 50_000_000)
+    png = check_image(_encode(film, "PNG"), 50_000_000)
+    half = check_image(_encode(film[::2, ::2], "PNG"), 50_000_000)
+    assert (jpeg.width, jpeg.height) == (1210, 1450)  # the size recorded is the file's, not the draft's
+    assert thumbnails_match(jpeg.thumbnail, png.thumbnail)
+    assert thumbnails_match(jpeg.thumbnail, half.thumbnail)
+    assert bin(int(jpeg.pixel_hash, 16) ^ int(png.pixel_hash, 16)).count("1") <= 8
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.99])
+def test_truncated_large_jpeg_is_corrupt_despite_scaled_decoding(keep):
+    data = _encode(_film(), "JPEG", quality=85)
+    with pytest.raises(ImageRejected) as info:
+        check_image(data[: int(len(data) * keep)], 50_000_000)
+    assert info.value.reason == "corrupt"

@@ -90,17 +90,17 @@ def normpath(path: str) -> str:
 
 
 def list_files(root: str) -> Iterator[str]:
-    """All files under `root`, sorted, local or remote."""
-    if "://" in root:
+    """All files under `root` in a stable order, local or remote, hidden ones (`.git`,
+    `.DS_Store`) left out alike: a bucket copy of a tree must list what the disk copy lists."""
+    remote = "://" in root
+    if remote:
         import tensorflow as tf
 
-        for dirpath, _, files in sorted(tf.io.gfile.walk(root)):
-            for name in sorted(files):
-                yield posixpath.join(dirpath, name)
-        return
-    for dirpath, dirnames, files in os.walk(root):
-        dirnames.sort()
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        walk, join_path = tf.io.gfile.walk(root), posixpath.join
+    else:
+        walk, join_path = os.walk(root), os.path.join
+    for dirpath, dirnames, files in walk:  # top-down: pruning `dirnames` skips those folders
+        dirnames[:] = sorted(d.rstrip("/") for d in dirnames if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith("."):
-                yield os.path.join(dirpath, name)
+                yield join_path(dirpath, name)

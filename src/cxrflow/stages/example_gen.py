@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from cxrflow import features as fk
+from cxrflow.beam_options import with_local_threads
 from cxrflow.config import PipelineConfig
 from cxrflow.images import ImageRejected, check_image
 from cxrflow.io_utils import join, makedirs, write_json_atomic
@@ -52,8 +53,15 @@ def _read(path: str) -> bytes:
     if "://" in path:
         import tensorflow as tf
 
-        with tf.io.gfile.GFile(path, "rb") as f:
-            return f.read()
+        # gfile raises TF's own errors, not OSError: map them so that a file gone from the
+        # bucket is a counted `missing_file` skip and not a crash of the whole run.
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                return f.read()
+        except tf.errors.NotFoundError as e:
+            raise FileNotFoundError(path) from e
+        except tf.errors.OpError as e:
+            raise OSError(f"{path}: {e.message}") from e
     with open(path, "rb") as f:
         return f.read()
 
@@ -187,7 +195,7 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
         raise ValueError(f"no usable images found in {list(config.data)} for classes {list(config.classes)}")
     makedirs(output_dir)
     max_pixels = config.max_image_pixels
-    options = PipelineOptions(list(beam_args or config.beam_args))
+    options = PipelineOptions(with_local_threads(beam_args or config.beam_args))
     with beam.Pipeline(options=options) as p:
         recs = p | "ListImages" >> beam.Create(records, reshuffle=True)
         plan = (
