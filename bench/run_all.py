@@ -2,7 +2,7 @@
 
     python -m bench.run_all [--count N] [--only NAME] [--reps R] [--no-profile]
 
-NAME is a benchmark (ingest_only, ingest_transform, disk_per_1000_images, trainer,
+NAME is a benchmark (ingest_only, ingest_rerun_cached, ingest_transform, disk_per_1000_images, trainer,
 serving_p50_single, serving_p50_batch16, peak_rss_ratio_4x) or a group (ingest, trainer,
 serving, rss). Entries of benchmarks not run keep their earlier values in results.json.
 When a target is missed, the group is run once more under cProfile and the top functions are
@@ -19,7 +19,7 @@ import time
 import warnings
 
 GROUPS = {
-    "ingest": ("ingest_only", "ingest_transform", "disk_per_1000_images"),
+    "ingest": ("ingest_only", "ingest_rerun_cached", "ingest_transform", "disk_per_1000_images"),
     "trainer": ("trainer",),
     "serving": ("serving_p50_single", "serving_p50_batch16"),
     "rss": ("peak_rss_ratio_4x",),

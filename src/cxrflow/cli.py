@@ -34,6 +34,8 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--test-fraction", type=float, default=0.15,
                    help="share of patients held out for test where a source has no test split")
     p.add_argument("--max-pixels", type=int, default=50_000_000, help="larger images are skipped (bombs)")
+    p.add_argument("--ingest-cache", default="", metavar="DIR",
+                   help="remember pixel checks by file hash here (local or gs://): re-ingesting decodes only new files")
     p.add_argument("--image-size", type=int, default=512)
     p.add_argument("--normalization", choices=("unit", "zscore"), default="unit")
     p.add_argument("--model", choices=MODELS, default="cnn")
@@ -83,6 +85,7 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         data=tuple(_absolute_data(d) for d in args.data), classes=tuple(args.classes), views=tuple(args.views),
         class_map=args.class_map, finding_map=args.finding_map, kaggle_merge_val=not args.kaggle_val_as_eval,
         eval_fraction=args.eval_fraction, test_fraction=args.test_fraction, max_image_pixels=args.max_pixels,
+        ingest_cache=args.ingest_cache,
         image_size=args.image_size, normalization=args.normalization,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,

@@ -54,6 +54,7 @@ class PipelineConfig:
     eval_fraction: float = 0.15  # carved from train, by patient
     test_fraction: float = 0.15  # used only when a source provides no test split
     max_image_pixels: int = 50_000_000  # larger images are skipped as decompression bombs
+    ingest_cache: str = ""  # dir (local or gs://) remembering pixel checks by file hash; "" = off
     # Transform
     image_size: int = 512
     normalization: str = "unit"  # "unit" = [0,1]; "zscore" uses TFT mean/std over train

@@ -69,8 +69,18 @@ def _png_declared_size(data: bytes) -> tuple[int, int] | None:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def check_image(data: bytes, max_pixels: int) -> CheckedImage:
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """Raises ImageRejected when the dimensions are out of bounds (also for cached checks)."""
+    if width * height > max_pixels:
+        raise ImageRejected("too_large", f"{width}x{height} exceeds {max_pixels} pixels")
+    if min(width, height) < MIN_SIDE:
+        raise ImageRejected("too_small", f"{width}x{height} is under {MIN_SIDE} px")
+
+
+def check_image(data: bytes, max_pixels: int, sha256: str = "") -> CheckedImage:
     """Validates encoded image bytes; raises ImageRejected with a reason code otherwise.
+
+    `sha256`: the hex digest of `data` when the caller has it already (saves hashing twice).
 
     DICOM bytes are first rendered to PNG (see sources/dicom.py): PIL and TF read no DICOM,
     and doing it here lets a bad DICOM file flow into the same skip reporting as any other.
@@ -99,10 +109,7 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
         raise ImageRejected("too_large", str(e)) from e
     except Exception as e:  # PIL raises many types for non-images
         raise ImageRejected("not_image", type(e).__name__) from e
-    if width * height > max_pixels:
-        raise ImageRejected("too_large", f"{width}x{height} exceeds {max_pixels} pixels")
-    if min(width, height) < MIN_SIDE:
-        raise ImageRejected("too_small", f"{width}x{height} is under {MIN_SIDE} px")
+    check_size(width, height, max_pixels)
     # A JPEG stored as found is only needed here for its fingerprints, so libjpeg may scale it
     # down while decoding (DCT scaling: an area average, no colour conversion). Every entropy-coded
     # byte is still decoded, so truncated and corrupt files fail just as in a full decode; this
@@ -130,7 +137,7 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
         mode=mode,
         format=fmt,
         reencoded=reencoded,
-        file_sha256=hashlib.sha256(original).hexdigest(),
+        file_sha256=sha256 or hashlib.sha256(original).hexdigest(),
         # One small grayscale preview serves both: converting and resizing the full-resolution
         # image once instead of twice was a measurable share of ExampleGen's time (bench/).
         **_fingerprints(gray_preview(img, box)),

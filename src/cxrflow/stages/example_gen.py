@@ -8,6 +8,7 @@ or held in memory, so memory stays flat as the dataset grows, on any runner.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -17,9 +18,10 @@ from collections.abc import Sequence
 from cxrflow import features as fk
 from cxrflow.beam_options import with_local_threads
 from cxrflow.config import PipelineConfig
-from cxrflow.images import ImageRejected, check_image
+from cxrflow.images import ImageRejected, check_image, check_size
 from cxrflow.io_utils import join, makedirs, write_json_atomic
 from cxrflow.sources import Exclusion, Record, adapter_for
+from cxrflow.stages import check_cache
 from cxrflow.stages.splitting import ImageMeta, assign_splits, deduplicate, patient_overlap
 
 log = logging.getLogger(__name__)
@@ -66,24 +68,44 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def check_record(record: Record, max_pixels: int) -> dict:
-    """Pass one: reads and checks one file; returns metadata, or a skip with its reason."""
+def check_record(record: Record, max_pixels: int, cache_dir: str = "") -> dict:
+    """Pass one: reads and checks one file; returns metadata, or a skip with its reason.
+
+    With `cache_dir`, a file whose bytes were checked by an earlier run is not decoded again
+    (check_cache.py); `cache_entry` carries a newly checked image's result to be remembered.
+    """
     try:
         data = _read(record.path)
     except FileNotFoundError:
         return {"skip": True, "source": record.source, "path": record.path, "reason": "missing_file"}
     except OSError as e:
         return {"skip": True, "source": record.source, "path": record.path, "reason": "unreadable", "detail": str(e)}
+    sha256 = hashlib.sha256(data).hexdigest()
+    cached = check_cache.lookup(cache_dir, sha256)
     try:
-        checked = check_image(data, max_pixels)
+        if cached is not None:
+            check_size(cached["width"], cached["height"], max_pixels)
+            pixel_hash, thumbnail = cached["pixel_hash"], bytes.fromhex(cached["thumbnail"])
+            reencoded, entry = cached["reencoded"], None
+        else:
+            checked = check_image(data, max_pixels, sha256)
+            pixel_hash, thumbnail, reencoded = checked.pixel_hash, checked.thumbnail, checked.reencoded
+            entry = check_cache.entry(checked) if cache_dir else None
     except ImageRejected as e:
         return {"skip": True, "source": record.source, "path": record.path, "reason": e.reason, "detail": e.detail}
     return {
         "skip": False,
         "meta": ImageMeta(record.image_id, record.patient_id, record.label, record.source,
-                          record.provided_split, checked.file_sha256, checked.pixel_hash, checked.thumbnail),
-        "reencoded": checked.reencoded,
+                          record.provided_split, sha256, pixel_hash, thumbnail),
+        "reencoded": reencoded,
+        "cached": cached is not None,
+        "cache_entry": entry,
     }
+
+
+def remember_checks(checks: list[dict], cache_dir: str) -> None:
+    """Adds this run's newly checked images to the check cache (one new file, atomically)."""
+    check_cache.save(cache_dir, {c["meta"].file_sha256: c["cache_entry"] for c in checks if c.get("cache_entry")})
 
 
 def to_example(record: Record, image_bytes: bytes) -> bytes:
@@ -151,6 +173,13 @@ def make_plan(checks: list[dict], exclusions: list[Exclusion], records: list[Rec
         "skipped": sorted(skipped, key=lambda x: (x["reason"], x["path"])),
         **split_notes,
     }
+    if config.ingest_cache:
+        report["check_cache"] = {
+            "dir": config.ingest_cache,
+            "reused": sum(1 for c in ok if c["cached"]),
+            "decoded": sum(1 for c in ok if not c["cached"]),
+            "unreadable_cache_files": list(check_cache.load(config.ingest_cache)[1]),
+        }
     return {"assignment": assignment, "reencode": reencode, "report": report}
 
 
@@ -198,12 +227,14 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
     options = PipelineOptions(with_local_threads(beam_args or config.beam_args))
     with beam.Pipeline(options=options) as p:
         recs = p | "ListImages" >> beam.Create(records, reshuffle=True)
-        plan = (
+        checks = (
             recs
-            | "ReadAndCheck" >> beam.Map(check_record, max_pixels)
+            | "ReadAndCheck" >> beam.Map(check_record, max_pixels, config.ingest_cache)
             | "CollectMetadata" >> beam.combiners.ToList()
-            | "PlanSplits" >> beam.Map(make_plan, exclusions, records, config)
         )
+        if config.ingest_cache:
+            _ = checks | "RememberChecks" >> beam.Map(remember_checks, config.ingest_cache)
+        plan = checks | "PlanSplits" >> beam.Map(make_plan, exclusions, records, config)
         examples = recs | "ToExamples" >> beam.FlatMap(write_examples, beam.pvalue.AsSingleton(plan), max_pixels)
         parts = examples | "BySplit" >> beam.Partition(lambda kv, n: fk.SPLITS.index(kv[0]), len(fk.SPLITS))
         for split, part in zip(fk.SPLITS, parts, strict=True):
