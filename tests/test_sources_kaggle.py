@@ -84,3 +84,15 @@ def test_files_outside_the_layout(tree):
 )
 def test_parse_filename(folder, name, expected):
     assert parse_filename(folder, name) == expected
+
+
+def test_nested_copy_and_macos_leftovers_are_not_ingested_twice(tree):
+    # Some downloads of the archive hold a second copy under chest_xray/ plus __MACOSX/.
+    before = scan(tree)[0]
+    write(os.path.join(tree, "chest_xray", "train", "NORMAL", "IM-0115-0001.jpeg"), b"x")
+    write(os.path.join(tree, "__MACOSX", "train", "NORMAL", "._IM-0115-0001.jpeg"), b"x")
+    records, exclusions = scan(tree)
+    assert records == before
+    reasons = {os.path.relpath(e.path, tree): e.reason for e in exclusions}
+    assert reasons["chest_xray/train/NORMAL/IM-0115-0001.jpeg"] == "not_in_layout"
+    assert not any("__MACOSX" in p for p in reasons)  # `._` files are hidden: skipped
