@@ -96,6 +96,10 @@ def test_unreadable_cache_file_is_skipped_and_named(tiny_config, data, tmp_path,
     report = run_example_gen(config, str(tmp_path / "b"))
     assert len(decodes) == 42
     assert report["check_cache"]["unreadable_cache_files"] == [os.path.basename(written)]
+    # The run checked the same images again, so it wrote the same file name: repaired.
+    decodes.clear()
+    report = run_example_gen(config, str(tmp_path / "c"))
+    assert decodes == [] and report["check_cache"]["unreadable_cache_files"] == []
 
 
 def test_entries_of_another_recipe_version_are_ignored(tiny_config, data, tmp_path, decodes, monkeypatch):

@@ -126,7 +126,10 @@ def to_example(record: Record, image_bytes: bytes) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def make_plan(checks: list[dict], exclusions: list[Exclusion], records: list[Record], config: PipelineConfig) -> dict:
+def make_plan(
+    checks: list[dict], exclusions: list[Exclusion], records: list[Record], config: PipelineConfig,
+    unreadable_cache_files: Sequence[str] = (),
+) -> dict:
     """Dedup + split over pass-one metadata; returns the assignment and the ingestion report."""
     ok = [c for c in checks if not c["skip"]]
     kept, duplicates = deduplicate(c["meta"] for c in ok)
@@ -178,7 +181,7 @@ def make_plan(checks: list[dict], exclusions: list[Exclusion], records: list[Rec
             "dir": config.ingest_cache,
             "reused": sum(1 for c in ok if c["cached"]),
             "decoded": sum(1 for c in ok if not c["cached"]),
-            "unreadable_cache_files": list(check_cache.load(config.ingest_cache)[1]),
+            "unreadable_cache_files": list(unreadable_cache_files),
         }
     return {"assignment": assignment, "reencode": reencode, "report": report}
 
@@ -224,6 +227,9 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
         raise ValueError(f"no usable images found in {list(config.data)} for classes {list(config.classes)}")
     makedirs(output_dir)
     max_pixels = config.max_image_pixels
+    # Read here, before any worker can add to it: the report names the cache files this run
+    # could not use, which a worker's rewrite of the same file must not hide.
+    unreadable_cache_files = check_cache.load(config.ingest_cache)[1] if config.ingest_cache else ()
     options = PipelineOptions(with_local_threads(beam_args or config.beam_args))
     with beam.Pipeline(options=options) as p:
         recs = p | "ListImages" >> beam.Create(records, reshuffle=True)
@@ -234,7 +240,7 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
         )
         if config.ingest_cache:
             _ = checks | "RememberChecks" >> beam.Map(remember_checks, config.ingest_cache)
-        plan = checks | "PlanSplits" >> beam.Map(make_plan, exclusions, records, config)
+        plan = checks | "PlanSplits" >> beam.Map(make_plan, exclusions, records, config, unreadable_cache_files)
         examples = recs | "ToExamples" >> beam.FlatMap(write_examples, beam.pvalue.AsSingleton(plan), max_pixels)
         parts = examples | "BySplit" >> beam.Partition(lambda kv, n: fk.SPLITS.index(kv[0]), len(fk.SPLITS))
         for split, part in zip(fk.SPLITS, parts, strict=True):
