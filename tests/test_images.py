@@ -84,9 +84,11 @@ def test_large_jpeg_fingerprints_match_its_png_copy():
     assert bin(int(jpeg.pixel_hash, 16) ^ int(png.pixel_hash, 16)).count("1") <= 8
 
 
-@pytest.mark.parametrize("keep", [0.5, 0.9, 0.99])
-def test_truncated_large_jpeg_is_corrupt_despite_scaled_decoding(keep):
-    data = _encode(_film(), "JPEG", quality=85)
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.99, -2])  # -2: all but the end-of-image marker
+def test_truncated_large_jpeg_is_corrupt_despite_scaled_decoding(keep, progressive):
+    data = _encode(_film(), "JPEG", quality=85, progressive=progressive)
+    cut = keep if keep < 0 else int(len(data) * keep)
     with pytest.raises(ImageRejected) as info:
-        check_image(data[: int(len(data) * keep)], 50_000_000)
+        check_image(data[:cut], 50_000_000)
     assert info.value.reason == "corrupt"
