@@ -118,3 +118,14 @@ def test_off_by_default(tiny_config, tmp_path):
     assert tiny_config.ingest_cache == ""
     assert check_cache.lookup("", "0" * 64) is None
     assert check_cache.save("", {"x": {}}) is None
+
+
+def test_cli_ingest_prints_what_the_cache_saved(data, tmp_path, capsys):
+    from cxrflow import cli
+
+    argv = ["ingest", "--data", f"folders:{data}", "--output", str(tmp_path / "out"),
+            "--ingest-cache", str(tmp_path / "cache"), "--min-recall", ""]
+    assert cli.main(argv) == 0
+    assert "ingest cache: 0 checks reused, 42 images decoded" in capsys.readouterr().out
+    assert cli.main([*argv[:4], str(tmp_path / "out2"), *argv[5:]]) == 0
+    assert "ingest cache: 42 checks reused, 0 images decoded" in capsys.readouterr().out

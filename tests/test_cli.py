@@ -15,6 +15,7 @@ def test_run_flags_reach_the_config(tmp_path):
         "--epochs", "7", "--batch-size", "4", "--resample", "over", "--seed", "3", "--views", "PA,AP",
         "--finding-map", "Pneumonia/Viral=normal", "--kaggle-val-as-eval", "--min-recall", "covid=0.95",
         "--trainer-accelerator", "NVIDIA_TESLA_T4", "--trainer-gpus", "2", "--beam-arg=--runner=DirectRunner",
+        "--ingest-cache", "rel/cache",
     ])
     config = cli.config_from_args(args, str(tmp_path))
     assert config.data == (f"folders:{os.path.abspath('rel/path')}", "ieee:gs://b/ieee")
@@ -26,6 +27,7 @@ def test_run_flags_reach_the_config(tmp_path):
     assert config.trainer_resources.accelerator_count == 2
     assert config.serving_dir == os.path.join(str(tmp_path), "serving")
     assert config.beam_args == ("--runner=DirectRunner",)
+    assert config.ingest_cache == os.path.abspath("rel/cache")
 
 
 def test_compile_writes_the_yaml_with_the_image(tmp_path):

@@ -85,7 +85,7 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         data=tuple(_absolute_data(d) for d in args.data), classes=tuple(args.classes), views=tuple(args.views),
         class_map=args.class_map, finding_map=args.finding_map, kaggle_merge_val=not args.kaggle_val_as_eval,
         eval_fraction=args.eval_fraction, test_fraction=args.test_fraction, max_image_pixels=args.max_pixels,
-        ingest_cache=args.ingest_cache,
+        ingest_cache=_absolute(args.ingest_cache),
         image_size=args.image_size, normalization=args.normalization,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
@@ -100,12 +100,14 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
     )
 
 
+def _absolute(path: str) -> str:
+    """A local path made absolute (KFP tasks run in other working dirs); URIs and "" unchanged."""
+    return os.path.abspath(path) if path and "://" not in path else path
+
+
 def _absolute_data(entry: str) -> str:
-    """KIND:PATH with a local PATH made absolute: KFP tasks run in other working dirs."""
     kind, sep, path = entry.partition(":")
-    if sep and path and "://" not in path:
-        return f"{kind}:{os.path.abspath(path)}"
-    return entry
+    return f"{kind}:{_absolute(path)}" if sep else entry
 
 
 def print_metrics(metrics: dict) -> None:
@@ -177,6 +179,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(f"duplicates removed: {report['duplicates_removed']}; patient overlap: {report['patient_overlap']}")
     for split, counts in report["splits"].items():
         print(f"{split:>5}: {counts}")
+    cache = report.get("check_cache")
+    if cache:
+        bad = cache["unreadable_cache_files"]
+        print(f"ingest cache: {cache['reused']} checks reused, {cache['decoded']} images decoded"
+              + (f", unreadable cache files {bad}" if bad else ""))
     print(f"report: {os.path.join(args.output, 'ingest_report.json')}")
     return 0
 
