@@ -91,7 +91,6 @@ def test_unreadable_cache_file_is_skipped_and_named(tiny_config, data, tmp_path,
     (written,) = glob.glob(os.path.join(cache, f"v{check_cache.VERSION}", "*.json"))
     with open(written, "w") as f:
         f.write('{"truncated": ')
-    check_cache.load.cache_clear()
     decodes.clear()
     report = run_example_gen(config, str(tmp_path / "b"))
     assert len(decodes) == 42
@@ -107,7 +106,6 @@ def test_entries_of_another_recipe_version_are_ignored(tiny_config, data, tmp_pa
     config = dataclasses.replace(tiny_config, data=(f"folders:{data}",), ingest_cache=cache)
     run_example_gen(config, str(tmp_path / "a"))
     monkeypatch.setattr(check_cache, "VERSION", check_cache.VERSION + "-next")
-    check_cache.load.cache_clear()
     decodes.clear()
     run_example_gen(config, str(tmp_path / "b"))
     assert len(decodes) == 42

@@ -229,6 +229,7 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
     max_pixels = config.max_image_pixels
     # Read here, before any worker can add to it: the report names the cache files this run
     # could not use, which a worker's rewrite of the same file must not hide.
+    check_cache.load.cache_clear()  # a long-lived process must see what other runs added since
     unreadable_cache_files = check_cache.load(config.ingest_cache)[1] if config.ingest_cache else ()
     options = PipelineOptions(with_local_threads(beam_args or config.beam_args))
     with beam.Pipeline(options=options) as p:
