@@ -84,13 +84,14 @@ def test_size_limits_apply_to_cached_checks(tiny_config, data, tmp_path, decodes
     assert report["check_cache"]["reused"] == 42 - too_large
 
 
-def test_unreadable_cache_file_is_skipped_and_named(tiny_config, data, tmp_path, decodes):
+@pytest.mark.parametrize("damage", ['{"truncated": ', '{"0a1b": {"width": 64}}', "[]"])
+def test_unreadable_cache_file_is_skipped_and_named(tiny_config, data, tmp_path, decodes, damage):
     cache = str(tmp_path / "cache")
     config = dataclasses.replace(tiny_config, data=(f"folders:{data}",), ingest_cache=cache)
     run_example_gen(config, str(tmp_path / "a"))
     (written,) = glob.glob(os.path.join(cache, f"v{check_cache.VERSION}", "*.json"))
     with open(written, "w") as f:
-        f.write('{"truncated": ')
+        f.write(damage)
     decodes.clear()
     report = run_example_gen(config, str(tmp_path / "b"))
     assert len(decodes) == 42

@@ -54,6 +54,14 @@ def entry(checked: images.CheckedImage) -> dict:
     }
 
 
+_FIELDS = {"width": int, "height": int, "reencoded": bool, "pixel_hash": str, "thumbnail": str}
+
+
+def _valid(item: object) -> bool:
+    """Whether a loaded entry has every field, each of its type (a hand-edited file may not)."""
+    return isinstance(item, dict) and all(isinstance(item.get(k), t) for k, t in _FIELDS.items())
+
+
 @functools.lru_cache(maxsize=4)
 def load(cache_dir: str) -> tuple[dict[str, dict], tuple[str, ...]]:
     """(sha256 -> entry, names of unreadable cache files). Loaded once per process and dir.
@@ -71,8 +79,8 @@ def load(cache_dir: str) -> tuple[dict[str, dict], tuple[str, ...]]:
             continue  # an interrupted writer's temporary file
         try:
             part = json.loads(read_text(join(folder, name)))
-            if not isinstance(part, dict):
-                raise ValueError("not a JSON object")
+            if not isinstance(part, dict) or not all(map(_valid, part.values())):
+                raise ValueError("not a map of file hashes to checks")
             entries.update(part)
         except (OSError, ValueError) as e:
             log.warning("ingest cache file %s skipped: %s", name, e)
