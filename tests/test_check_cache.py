@@ -128,3 +128,15 @@ def test_cli_ingest_prints_what_the_cache_saved(data, tmp_path, capsys):
     assert "ingest cache: 0 checks reused, 42 images decoded" in capsys.readouterr().out
     assert cli.main([*argv[:4], str(tmp_path / "out2"), *argv[5:]]) == 0
     assert "ingest cache: 42 checks reused, 0 images decoded" in capsys.readouterr().out
+
+
+def test_cache_in_a_bucket(tiny_config, data, tmp_path, decodes):
+    # ram:// takes the same tf.io.gfile path as gs:// for listing, reading and atomic writes.
+    import uuid
+
+    cache = f"ram://cxrflow-cache-{uuid.uuid4().hex}/checks"
+    config = dataclasses.replace(tiny_config, data=(f"folders:{data}",), ingest_cache=cache)
+    run_example_gen(config, str(tmp_path / "a"))
+    decodes.clear()
+    report = run_example_gen(config, str(tmp_path / "b"))
+    assert decodes == [] and report["check_cache"]["reused"] == 42

@@ -33,6 +33,14 @@ def exists(path: str) -> bool:
     return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
 
 
+def listdir(path: str) -> list[str]:
+    """Entry names in a folder, local or remote ("/" stripped); [] when it does not exist."""
+    if is_remote(path):
+        gfile = _gfile()
+        return [n.rstrip("/") for n in gfile.listdir(path)] if gfile.isdir(path) else []
+    return os.listdir(path) if os.path.isdir(path) else []
+
+
 def join(*parts: str) -> str:
     """os.path.join for local paths; plain "/" joins for URIs (os.path would mangle gs://)."""
     if is_remote(parts[0]):

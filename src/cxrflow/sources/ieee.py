@@ -100,11 +100,12 @@ class IeeeSource(SourceAdapter):
             # Older releases have no modality column and hold X-rays only; an empty cell there
             # means the same. "X-ray", "X-Ray" and "xray" all occur.
             modality = re.sub(r"[^a-z]", "", (row.get("modality") or "X-ray").lower())
+            view = _normalize_view(row.get("view", ""))
             # ... except that the first release put CT slices under `view` ("CT").
-            if modality != "xray" or (not row.get("modality") and _normalize_view(row.get("view", "")) == "ct"):
+            if modality != "xray" or (not row.get("modality") and view == "ct"):
                 yield Exclusion(source, where, "modality")
                 continue
-            if _normalize_view(row.get("view", "")) not in views:
+            if view not in views:
                 yield Exclusion(source, where, "view")
                 continue
             finding = row.get("finding", "")

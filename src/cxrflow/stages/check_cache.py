@@ -21,7 +21,7 @@ import json
 import logging
 
 from cxrflow import images
-from cxrflow.io_utils import is_remote, join, makedirs, write_json_atomic
+from cxrflow.io_utils import join, listdir, makedirs, read_text, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +31,6 @@ VERSION = f"1-p{images.PREVIEW_SIZE}-h{images.HASH_SIZE}-t{images.THUMB_SIZE}"
 
 def _version_dir(cache_dir: str) -> str:
     return join(cache_dir, f"v{VERSION}")
-
-
-def _listdir(path: str) -> list[str]:
-    if is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.listdir(path) if tf.io.gfile.isdir(path) else []
-    import os
-
-    return os.listdir(path) if os.path.isdir(path) else []
 
 
 def entry(checked: images.CheckedImage) -> dict:
@@ -69,12 +59,10 @@ def load(cache_dir: str) -> tuple[dict[str, dict], tuple[str, ...]]:
     A cache file that cannot be read is skipped and named, never fatal: the cache only saves
     time, and every image it would have answered for is simply decoded again.
     """
-    from cxrflow.io_utils import read_text
-
     folder = _version_dir(cache_dir)
     entries: dict[str, dict] = {}
     bad: list[str] = []
-    for name in sorted(_listdir(folder)):
+    for name in sorted(listdir(folder)):
         if not name.endswith(".json"):
             continue  # an interrupted writer's temporary file
         try:
