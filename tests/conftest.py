@@ -13,6 +13,23 @@ import pytest
 from cxrflow.config import PipelineConfig
 
 TINY_SIZE = 32
+# The real development X-rays live beside the project's root (never copied into the repo).
+REALDATA_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "realdata")
+
+
+def realdata_root() -> str | None:
+    """`$CXRFLOW_REALDATA`, else `../shared/realdata`; None when neither holds the data."""
+    root = os.path.abspath(os.environ.get("CXRFLOW_REALDATA") or REALDATA_DEFAULT)
+    return root if os.path.isfile(os.path.join(root, "SOURCES.md")) else None
+
+
+@pytest.fixture(scope="session")
+def realdata() -> str:
+    """Path of the real X-ray set; skips (saying why) where it is absent."""
+    root = realdata_root()
+    if root is None:
+        pytest.skip("real X-rays not found: set CXRFLOW_REALDATA or place them in ../shared/realdata")
+    return root
 
 
 @pytest.fixture(scope="session")
