@@ -25,7 +25,8 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--data", action="append", default=[], required=data_required, metavar="KIND:PATH",
                    help="a dataset to read, e.g. folders:/data/cxr (repeatable; all are merged)")
     p.add_argument("--classes", type=_csv, default=DEFAULT_CLASSES, help="comma-separated class names")
-    p.add_argument("--views", type=_csv, default=("PA",), help="IEEE views to keep, e.g. PA,AP")
+    p.add_argument("--views", type=_csv, default=PipelineConfig.views,
+                   help="views to keep where metadata names them (default: frontal PA,AP,AP Supine,AP Erect)")
     p.add_argument("--class-map", default="", help="FOLDER=CLASS,... folder-name overrides")
     p.add_argument("--finding-map", default="", help="IEEE FINDING_PREFIX=CLASS,... overrides")
     p.add_argument("--kaggle-val-as-eval", action="store_true",

@@ -47,7 +47,9 @@ class PipelineConfig:
     # Data
     data: tuple[str, ...] = ()  # "KIND:PATH" entries, merged in order
     classes: tuple[str, ...] = DEFAULT_CLASSES
-    views: tuple[str, ...] = ("PA",)  # IEEE view filter
+    # Frontal views only: laterals (L) are a different projection, and a view present in one class
+    # alone would be a shortcut. AP and AP Supine hold half of the public COVID films.
+    views: tuple[str, ...] = ("PA", "AP", "AP Supine", "AP Erect")
     class_map: str = ""  # "FOLDER=CLASS,..." overrides for folder names
     finding_map: str = ""  # "FINDING_PREFIX=CLASS,..." overrides for IEEE findings
     kaggle_merge_val: bool = True  # Kaggle's 16-image val folder joins train
