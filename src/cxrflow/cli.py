@@ -46,6 +46,8 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--resample", choices=RESAMPLE_MODES, default="none")
     p.add_argument("--no-class-weights", action="store_true", help="train without inverse-frequency weights")
+    p.add_argument("--balance-by", choices=("age_group", "source"), default="",
+                   help="over-sample so every class has the same mix of this in train (confounding)")
     p.add_argument("--flip", action="store_true", help="enable random horizontal flips (off: CXR orientation)")
     p.add_argument("--tta", type=int, default=1, help="test-time augmentation views (1 = off)")
     p.add_argument("--serving-dir", default=None, help="where blessed models are pushed (default OUTPUT/serving)")
@@ -90,6 +92,7 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         image_size=args.image_size, normalization=args.normalization,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
+        balance_by=args.balance_by,
         augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,
         model_name=args.model_name, keep_versions=args.keep, vertex_model=args.vertex_model,
         vertex_project=args.vertex_project, vertex_region=args.vertex_region, vertex_endpoint=args.vertex_endpoint,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 DEFAULT_CLASSES = ("covid", "bacterial", "normal")
 MODELS = ("cnn", "resnet50", "mobilenetv2")
 RESAMPLE_MODES = ("none", "under", "over")
+BALANCE_BY = ("", "age_group", "source")  # nuisance variables Resample can balance; "" = off
 NORMALIZATIONS = ("unit", "zscore")
 
 
@@ -64,6 +65,8 @@ class PipelineConfig:
     resample: str = "none"
     oversample_ratio: float = 1.0  # minority classes grow to ratio * majority count
     class_weights: bool = True
+    # Give every class the same mix of this nuisance variable in train (stages/resample.py); "" = off
+    balance_by: str = ""
     # Trainer
     model: str = "cnn"
     weights: str = "none"  # imagenet | none | path to a local weights file
@@ -78,6 +81,14 @@ class PipelineConfig:
     min_recall: tuple[tuple[str, float], ...] = (("covid", 0.9),)
     min_macro_recall: float = 0.8
     max_regression: float = 0.02  # allowed drop of a gated metric against the served model
+    # Shortcut checks (report/shortcut.py): a file-traits-only probe warns when its macro recall
+    # comes within probe_margin of the model's or exceeds probe_max_macro_recall; the model is
+    # scored with the central lungs_hidden_fraction of width and height hidden and warns when its
+    # macro recall stays lungs_hidden_margin or more above chance.
+    probe_margin: float = 0.05
+    probe_max_macro_recall: float = 0.8
+    lungs_hidden_fraction: float = 0.6
+    lungs_hidden_margin: float = 0.15
     # Pusher
     serving_dir: str = ""
     model_name: str = "cxrflow"
@@ -105,6 +116,8 @@ class PipelineConfig:
             raise ConfigError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.resample not in RESAMPLE_MODES:
             raise ConfigError(f"resample must be one of {RESAMPLE_MODES}, got {self.resample!r}")
+        if self.balance_by not in BALANCE_BY:
+            raise ConfigError(f"balance_by must be one of {BALANCE_BY}, got {self.balance_by!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if not 16 <= self.image_size <= 2048:
@@ -117,6 +130,8 @@ class PipelineConfig:
             raise ConfigError("eval_fraction + test_fraction must leave data for training")
         if self.tta < 1:
             raise ConfigError("tta must be 1 (off) or more")
+        if not 0 < self.lungs_hidden_fraction < 1:
+            raise ConfigError(f"lungs_hidden_fraction must lie between 0 and 1, got {self.lungs_hidden_fraction}")
         unknown = [name for name, _ in self.min_recall if name not in self.classes]
         if unknown:
             raise ConfigError(f"min_recall names classes not in {list(self.classes)}: {unknown}")
