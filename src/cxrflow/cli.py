@@ -12,7 +12,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cxrflow.config import DEFAULT_CLASSES, MODELS, RESAMPLE_MODES, Augmentation, PipelineConfig, Resources
+from cxrflow.config import (
+    DEFAULT_CLASSES,
+    MODELS,
+    RESAMPLE_MODES,
+    RESIZE_MODES,
+    Augmentation,
+    PipelineConfig,
+    Resources,
+)
 
 DEMO_OUTPUT = os.path.join("runs", "demo")
 
@@ -34,16 +42,24 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--eval-fraction", type=float, default=0.15, help="share of train patients carved out for eval")
     p.add_argument("--test-fraction", type=float, default=0.15,
                    help="share of patients held out for test where a source has no test split")
+    p.add_argument("--test-source", default="", metavar="NAME",
+                   help="external validation: every image of this source (e.g. ieee or ieee:ieee) is the test split")
     p.add_argument("--max-pixels", type=int, default=50_000_000, help="larger images are skipped (bombs)")
     p.add_argument("--ingest-cache", default="", metavar="DIR",
                    help="remember pixel checks by file hash here (local or gs://): re-ingesting decodes only new files")
     p.add_argument("--image-size", type=int, default=512)
     p.add_argument("--normalization", choices=("unit", "zscore"), default="unit")
+    p.add_argument("--resize-mode", choices=RESIZE_MODES, default=PipelineConfig.resize_mode,
+                   help="stretch to square, or pad (letterbox, keeps the aspect ratio)")
     p.add_argument("--model", choices=MODELS, default="cnn")
     p.add_argument("--weights", default="none", help="imagenet | none | path to a local weights file")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=PipelineConfig.weight_decay,
+                   help="AdamW decoupled weight decay (each step shrinks weights by learning rate x this)")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=PipelineConfig.deterministic,
+                   help="same seed, same weights on CPU (TF op determinism; slower); --no-deterministic is faster")
     p.add_argument("--resample", choices=RESAMPLE_MODES, default="none")
     p.add_argument("--no-class-weights", action="store_true", help="train without inverse-frequency weights")
     p.add_argument("--balance-by", choices=("age_group", "source"), default="",
@@ -88,10 +104,12 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         data=tuple(_absolute_data(d) for d in args.data), classes=tuple(args.classes), views=tuple(args.views),
         class_map=args.class_map, finding_map=args.finding_map, kaggle_merge_val=not args.kaggle_val_as_eval,
         eval_fraction=args.eval_fraction, test_fraction=args.test_fraction, max_image_pixels=args.max_pixels,
+        test_source=args.test_source,
         ingest_cache=_absolute(args.ingest_cache),
         image_size=args.image_size, normalization=args.normalization,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
+        resize_mode=args.resize_mode, weight_decay=args.weight_decay, deterministic=args.deterministic,
         balance_by=args.balance_by,
         augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,
         model_name=args.model_name, keep_versions=args.keep, vertex_model=args.vertex_model,
@@ -183,6 +201,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(f"duplicates removed: {report['duplicates_removed']}; patient overlap: {report['patient_overlap']}")
     for split, counts in report["splits"].items():
         print(f"{split:>5}: {counts}")
+    if report.get("test_source"):
+        print(f"test split: every image of {report['test_source']} (external validation)")
+    for warning in report.get("confounding", {}).get("warnings", []):
+        print(f"warning: {warning}")
     cache = report.get("check_cache")
     if cache:
         bad = cache["unreadable_cache_files"]

@@ -15,6 +15,7 @@ MODELS = ("cnn", "resnet50", "mobilenetv2")
 RESAMPLE_MODES = ("none", "under", "over")
 BALANCE_BY = ("", "age_group", "source")  # nuisance variables Resample can balance; "" = off
 NORMALIZATIONS = ("unit", "zscore")
+RESIZE_MODES = ("stretch", "pad")
 
 
 class ConfigError(ValueError):
@@ -26,8 +27,12 @@ class Augmentation:
     """Training-time augmentation; eval, test and serving never see it."""
 
     flip: bool = False  # chest X-rays have a fixed orientation (heart on the left)
+    # Brightness and contrast are linear, so the CNN's per-image standardisation undoes them;
+    # they still reach transfer models. The gamma curve is what changes the CNN's input.
     brightness: float = 0.1  # max additive delta on [0,1] pixels; 0 turns it off
     contrast: float = 0.15  # max relative contrast change; 0 turns it off
+    gamma: float = 0.3  # max |log gamma| of a per-image intensity curve; 0 turns it off
+    translate: float = 0.0  # max shift either way, as a fraction of the image size; 0 turns it off
     noise: float = 0.01  # std of Gaussian noise; 0 turns it off
     rotation_deg: float = 5.0  # max rotation either way; 0 turns it off
     zoom: float = 0.08  # max zoom in/out fraction; 0 turns it off
@@ -56,11 +61,15 @@ class PipelineConfig:
     kaggle_merge_val: bool = True  # Kaggle's 16-image val folder joins train
     eval_fraction: float = 0.15  # carved from train, by patient
     test_fraction: float = 0.15  # used only when a source provides no test split
+    # External validation: every image of this source (full name `ieee:ieee` or kind `ieee`) is
+    # the test split, and it never enters train or eval; "" = off (stages/splitting.py)
+    test_source: str = ""
     max_image_pixels: int = 50_000_000  # larger images are skipped as decompression bombs
     ingest_cache: str = ""  # dir (local or gs://) remembering pixel checks by file hash; "" = off
     # Transform
     image_size: int = 512
     normalization: str = "unit"  # "unit" = [0,1]; "zscore" uses TFT mean/std over train
+    resize_mode: str = "stretch"  # "stretch" to square, or "pad" (letterbox: keeps the aspect ratio)
     # Resample
     resample: str = "none"
     oversample_ratio: float = 1.0  # minority classes grow to ratio * majority count
@@ -73,9 +82,14 @@ class PipelineConfig:
     epochs: int = 30
     batch_size: int = 16
     learning_rate: float = 1e-3
+    # Keras' AdamW decays by learning_rate * weight_decay per step (decoupled), so 1e-4 was ~1e-7.
+    weight_decay: float = 0.02
     early_stopping_patience: int = 6
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 42
+    # Same seed, same weights on CPU: TF op determinism in the Trainer and a content-defined
+    # order of the training examples (trainer/data.py); costs some speed (README).
+    deterministic: bool = True
     # Evaluator
     tta: int = 1
     min_recall: tuple[tuple[str, float], ...] = (("covid", 0.9),)
@@ -120,6 +134,13 @@ class PipelineConfig:
             raise ConfigError(f"balance_by must be one of {BALANCE_BY}, got {self.balance_by!r}")
         if self.normalization not in NORMALIZATIONS:
             raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if self.normalization == "zscore" and self.model != "cnn":
+            raise ConfigError(f"normalization zscore cannot be used with {self.model}: transfer models rescale "
+                              "[0,1] input to their backbone's range themselves; use --normalization unit")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
         if not 16 <= self.image_size <= 2048:
             raise ConfigError(f"image_size must be between 16 and 2048, got {self.image_size}")
         if self.epochs < 1 or self.batch_size < 1:
