@@ -84,7 +84,8 @@ def write_ieee_tree(root: str) -> dict[str, str]:
     """A current-release IEEE clone; returns {filename: expected outcome} (class or reason)."""
     outcomes = {
         "covid-1a.png": "covid",
-        "covid-1b.jpg": "view",  # same patient, AP Supine: not in the default PA filter
+        "covid-1b.jpg": "covid",  # same patient, AP Supine: a frontal view, kept by default
+        "covid-1c.png": "view",  # same patient, lateral: not a frontal view
         "strep-2.png": "bacterial",
         "normal-3.png": "normal",
         "sars-4.png": "finding:Pneumonia/Viral/SARS",
@@ -97,6 +98,7 @@ def write_ieee_tree(root: str) -> dict[str, str]:
     rows = [
         ieee_row("1", "Pneumonia/Viral/COVID-19", "covid-1a.png", sex="F", age="54"),
         ieee_row("1", "Pneumonia/Viral/COVID-19", "covid-1b.jpg", sex="F", age="54", view="AP Supine"),
+        ieee_row("1", "Pneumonia/Viral/COVID-19", "covid-1c.png", sex="F", age="54", view="L"),
         ieee_row("2", "Pneumonia/Bacterial/Streptococcus", "strep-2.png", age=""),
         ieee_row("3", "No Finding", "normal-3.png"),
         ieee_row("4", "Pneumonia/Viral/SARS", "sars-4.png"),

@@ -11,7 +11,8 @@ import pytest
 
 from cxrflow.config import PipelineConfig
 from cxrflow.sources import ADAPTERS, Exclusion, Record, adapter_for
-from cxrflow.sources.ieee import IeeeSource, class_for_finding, parse_finding_map
+from cxrflow.sources.findings import class_for_finding, parse_finding_map
+from cxrflow.sources.ieee import IeeeSource
 from tests.source_trees import IEEE_HEADER, ieee_row, image_bytes, write, write_ieee_tree, write_metadata
 
 CLASSES = ("covid", "bacterial", "normal")
@@ -66,10 +67,23 @@ def test_record_fields(clone):
 
 def test_view_option_takes_a_list(clone):
     root, _ = clone
-    records, exclusions = scan(root, views=("PA", "AP", "AP Supine", "AP semi erect", "AP erect"))
+    records, exclusions = scan(root, views=("PA", "AP", "AP Supine", "AP semi erect", "L"))
     views = {os.path.basename(r.path): r.view for r in records}
-    assert views["covid-1b.jpg"] == "AP Supine"
+    assert (views["covid-1b.jpg"], views["covid-1c.png"]) == ("AP Supine", "L")
     assert "view" not in {e.reason for e in exclusions}
+    records, exclusions = scan(root, views=("PA",))
+    assert {os.path.basename(e.path) for e in exclusions if e.reason == "view"} == {"covid-1b.jpg", "covid-1c.png"}
+
+
+def test_default_views_are_frontal(clone):
+    root, _ = clone
+    # The adapter alone (no options) keeps the config's default views: frontal, laterals out.
+    items = list(IeeeSource(root, CLASSES).scan())
+    kept = {os.path.basename(i.path) for i in items if isinstance(i, Record)}
+    assert "covid-1b.jpg" in kept
+    assert [os.path.basename(i.path) for i in items if isinstance(i, Exclusion) and i.reason == "view"] == [
+        "covid-1c.png"
+    ]
 
 
 def test_finding_not_in_classes_is_excluded(clone):
@@ -89,6 +103,7 @@ def test_finding_map_extends_and_overrides(clone):
     assert labels == {
         "sars-4.png": "viral",
         "covid-1a.png": "pneumonia",
+        "covid-1b.jpg": "pneumonia",
         "covid-8.png": "pneumonia",
         "strep-2.png": "pneumonia",
         "pcp-5.png": "pneumonia",
@@ -108,7 +123,28 @@ def test_finding_map_extends_and_overrides(clone):
         ("No Finding", "", "normal"),
         ("Pneumonia/Viral/MERS-CoV", "", None),
         ("Pneumonia/Bacterialish", "", None),  # prefixes match whole path elements only
-        ("Streptococcus", "", None),  # older flat species names are not guessed
+        # The 2020 releases' flat names, as spelled in their metadata.csv.
+        ("Streptococcus", "", "bacterial"),
+        ("Klebsiella", "", "bacterial"),
+        ("E.Coli", "", "bacterial"),
+        ("Legionella", "", "bacterial"),
+        ("Chlamydophila", "", "bacterial"),
+        ("Mycoplasma Bacterial Pneumonia", "", "bacterial"),
+        ("Bacterial", "", "bacterial"),
+        ("Pneumonia/Bacterial/Staphylococcus/MRSA", "", "bacterial"),
+        ("Pneumonia/Bacterial/Nocardia", "", "bacterial"),
+        ("No finding", "", "normal"),  # Actualmed / Figure1 spelling
+        ("Pneumonia", "", None),  # cause unknown
+        ("todo", "", None),
+        ("Pneumocystis", "", None),
+        ("SARS", "", None),
+        ("ARDS", "", None),  # a syndrome alone names no class
+        ("COVID-19, Streptococcus", "", None),  # two causes: no clean example of either
+        ("Streptococcus, COVID-19", "", None),
+        ("Pneumonia/Viral/COVID-19, ARDS", "", "covid"),
+        ("Pneumonia", "Pneumonia=bacterial", "bacterial"),
+        ("Pneumonia/Viral/COVID-19", "nih:Pneumonia=bacterial", "covid"),  # limited to another kind
+        ("Streptococcus", "Streptococcus=atypical", "atypical"),
         ("Unknown", "", None),
         ("", "", None),
         ("Pneumonia/Viral/MERS-CoV", "pneumonia/viral=viral", "viral"),
@@ -117,12 +153,21 @@ def test_finding_map_extends_and_overrides(clone):
     ],
 )
 def test_class_for_finding(finding, rules, expected):
-    assert class_for_finding(finding, parse_finding_map(rules)) == expected
+    assert class_for_finding(finding, parse_finding_map(rules, "ieee")) == expected
 
 
 def test_bad_finding_map_is_refused():
     with pytest.raises(ValueError, match="FINDING_PREFIX=CLASS"):
         parse_finding_map("COVID-19")
+    with pytest.raises(ValueError, match="KIND must be one of"):
+        parse_finding_map("nhi:Pneumonia=bacterial")
+
+
+def test_finding_map_rules_limited_to_a_kind():
+    text = "Pneumonia=viral,nih:Pneumonia=bacterial,rsna:Lung Opacity=bacterial"
+    assert parse_finding_map(text, "nih") == {"pneumonia": "bacterial"}
+    assert parse_finding_map(text, "ieee") == {"pneumonia": "viral"}
+    assert parse_finding_map(text, "rsna") == {"pneumonia": "viral", "lung opacity": "bacterial"}
 
 
 def test_older_release_without_folder_modality_or_pcr_columns(tmp_path):
@@ -133,13 +178,18 @@ def test_older_release_without_folder_modality_or_pcr_columns(tmp_path):
         ieee_row("2", "COVID-19, ARDS", "b.png"),
         ieee_row("3", "Streptococcus", "c.png"),
         ieee_row("4", "No Finding", "d.png", view="L"),
+        ieee_row("5", "Mycoplasma Bacterial Pneumonia", "e.png", view="AP Supine"),
+        ieee_row("6", "Pneumonia", "f.png"),
+        ieee_row("7", "todo", "g.png"),
     ]
     write_metadata(root, rows, old_header)
-    for i, name in enumerate("abcd"):
+    for i, name in enumerate("abcdefg"):
         write(os.path.join(root, "images", f"{name}.png"), image_bytes("covid", 700 + i))
     records, exclusions = scan(root)
-    assert {os.path.basename(r.path): r.label for r in records} == {"a.png": "covid", "b.png": "covid"}
-    assert Counter(e.reason for e in exclusions) == {"finding:Streptococcus": 1, "view": 1}
+    assert {os.path.basename(r.path): r.label for r in records} == {
+        "a.png": "covid", "b.png": "covid", "c.png": "bacterial", "e.png": "bacterial"
+    }
+    assert Counter(e.reason for e in exclusions) == {"view": 1, "finding:Pneumonia": 1, "finding:todo": 1}
 
 
 def test_two_rows_naming_one_file(tmp_path):
@@ -232,3 +282,41 @@ def test_row_without_patient_id_is_excluded_not_guessed(tmp_path):
     records, exclusions = scan(root)
     assert [os.path.basename(r.path) for r in records] == ["b.png"]
     assert [e.reason for e in exclusions] == ["no_patient_id"]
+
+
+# The real 2020 metadata's findings, named as SOURCES.md lists them per class.
+REAL_FINDINGS = {
+    "covid": {"COVID-19", "COVID-19, ARDS"},
+    "bacterial": {"Streptococcus", "Klebsiella", "Mycoplasma Bacterial Pneumonia", "E.Coli", "Legionella",
+                  "Bacterial", "Chlamydophila"},
+    "normal": {"No Finding"},
+}
+
+
+@pytest.mark.realdata
+def test_real_2020_metadata(realdata):
+    import csv
+
+    root = os.path.join(realdata, "ieee")
+    records, exclusions = scan(root)
+    with open(os.path.join(root, "metadata.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    present = set(os.listdir(os.path.join(root, "images")))
+    frontal = {"PA", "AP", "AP Supine", "AP Erect"}
+    expected: dict[str, str] = {}
+    for row in rows:
+        label = next((c for c, names in REAL_FINDINGS.items() if row["finding"] in names), None)
+        if (row["modality"] == "X-ray" and row["view"] in frontal and label and row["filename"] in present
+                and row["folder"] == "images"):
+            expected.setdefault(row["filename"], label)  # a file named by two rows is kept once
+    assert {os.path.basename(r.path): r.label for r in records} == expected
+    assert len(records) + len(exclusions) == len(rows)  # every row accounted for once
+    kept = Counter(r.label for r in records)
+    assert kept["bacterial"] > 0 and kept["normal"] > 0 and kept["covid"] > 100
+    reasons = Counter(e.reason for e in exclusions)
+    # No bacterial pathogen is left behind; `Pneumonia` alone and `todo` are.
+    assert not {f"finding:{name}" for name in REAL_FINDINGS["bacterial"]} & set(reasons)
+    assert reasons["finding:Pneumonia"] > 0 and reasons["finding:todo"] > 0
+    assert {os.path.basename(e.path) for e in exclusions if e.reason == "view"} >= {
+        r["filename"] for r in rows if r["view"] == "L" and r["filename"] in present
+    }

@@ -8,12 +8,16 @@ ExampleGen Beam pipeline, so they scale with the runner instead of with the lapt
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import posixpath
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import BinaryIO, ClassVar
+
+from cxrflow.config import PipelineConfig
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 PROVIDED_SPLITS = {"train": "train", "training": "train", "val": "train", "valid": "train",
@@ -33,6 +37,12 @@ class Record:
     sex: str = ""
     age: str = ""
     provided_split: str = ""  # "train" / "eval" / "test" when the source ships a split
+    # An age group the source declares for all its images when rows carry no age (Kaggle's
+    # paediatric set: "child"); it wins over the group derived from `age`.
+    age_group: str = ""
+    # False when the source names no patient and the file stands in for one: such images are
+    # split one by one, and the ingest report says so.
+    patient_known: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,54 @@ class SourceAdapter(ABC):
 
     def relative(self, path: str) -> str:
         return posixpath.relpath(path, self.root)
+
+    def views(self) -> set[str]:
+        """The `views` option, normalised; the config's default (frontal views) when unset."""
+        text = self.options.get("views") or ",".join(PipelineConfig.views)
+        return {normalize_view(v) for v in text.split(",") if v.strip()}
+
+
+def normalize_view(view: str) -> str:
+    """`AP  supine` == `AP Supine`: sources differ in case and spacing."""
+    return " ".join(view.lower().split())
+
+
+def open_binary(path: str) -> BinaryIO:
+    if "://" in path:
+        import tensorflow as tf  # lazy: only remote paths need TF's filesystems
+
+        return tf.io.gfile.GFile(path, "rb")
+    return open(path, "rb")
+
+
+def read_metadata_text(path: str) -> str:
+    """A metadata file's text: UTF-8 (a BOM dropped), else Windows-1252.
+
+    Figure1's `metadata.csv` is Windows-1252 (`°`, curly quotes): reading it as UTF-8 would fail
+    on the first such note. Latin-1 is the last resort because it decodes any byte.
+    """
+    with open_binary(path) as f:
+        data = f.read()
+    for encoding in ("utf-8-sig", "cp1252", "latin-1"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
+
+
+def read_csv_rows(path: str) -> tuple[set[str], list[dict[str, str]]]:
+    """(column names, rows) of a CSV file, names lower-cased and every value stripped.
+
+    Names are matched without case or blanks because releases of one dataset differ in both.
+    StringIO(newline="") hands csv the text untouched, so quoted notes keep their line breaks.
+    """
+    reader = csv.DictReader(io.StringIO(read_metadata_text(path), newline=""))
+    columns = {(name or "").strip().lower() for name in reader.fieldnames or ()}
+    # A short row leaves None values and a long one a None key (its extra cells): both dropped.
+    rows = [{k.strip().lower(): (v if isinstance(v, str) else "").strip() for k, v in row.items() if k is not None}
+            for row in reader]
+    return columns, rows
 
 
 def normpath(path: str) -> str:

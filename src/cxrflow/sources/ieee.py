@@ -2,75 +2,32 @@
 
 One row per image. Findings are hierarchical in current releases (`Pneumonia/Viral/COVID-19`,
 `Pneumonia/Bacterial/Streptococcus`, `No Finding`) and flat in older ones (`COVID-19`,
-`COVID-19, ARDS`); older releases also lack the `folder`, `modality` and `RT_PCR_positive`
-columns. Rows are matched by column name, so either layout works. Names are matched without
-case and surrounding blanks: the first release (February 2020) spells `Patientid` and ` url`,
-and a patient column missed by spelling would make every image its own patient (a leak).
+`COVID-19, ARDS`, `Streptococcus`); both map through the shared table in `findings.py`.
+Older releases also lack the `folder`, `modality` and `RT_PCR_positive` columns. Rows are
+matched by column name, so either layout works. Names are matched without case and surrounding
+blanks: the first release (February 2020) spells `Patientid` and ` url`, and a patient column
+missed by spelling would make every image its own patient (a leak).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import posixpath
 import re
 from collections.abc import Iterator
 
-from cxrflow.io_utils import read_text
-from cxrflow.sources.base import Exclusion, Record, SourceAdapter, list_files, normpath
+from cxrflow.sources.base import (
+    Exclusion,
+    Record,
+    SourceAdapter,
+    list_files,
+    normalize_view,
+    normpath,
+    read_csv_rows,
+)
+from cxrflow.sources.findings import class_for_finding, parse_finding_map
 
 METADATA_FILE = "metadata.csv"
 DEFAULT_FOLDER = "images"  # releases before the `folder` column kept every image here
-
-# Default finding -> class rules, matched on whole path elements (see `finding_rule_matches`).
-# Only bacterial pneumonia as a group: its species are too few per class to learn.
-DEFAULT_FINDING_RULES = {
-    "pneumonia/bacterial": "bacterial",
-    "no finding": "normal",
-}
-
-
-def normalize_finding(value: str) -> str:
-    """Lower-cased, with blanks around `/` removed: `Pneumonia / Viral` == `pneumonia/viral`."""
-    return "/".join(part.strip() for part in value.strip().lower().split("/"))
-
-
-def parse_finding_map(text: str) -> dict[str, str]:
-    """`"Pneumonia/Viral=viral,SARS=viral"` -> {"pneumonia/viral": "viral", "sars": "viral"}."""
-    rules: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        prefix, sep, label = item.partition("=")
-        if not sep or not prefix.strip() or not label.strip():
-            raise ValueError(f"--finding-map entries take FINDING_PREFIX=CLASS, got {item!r}")
-        rules[normalize_finding(prefix)] = label.strip()
-    return rules
-
-
-def _longest_prefix(finding: str, rules: dict[str, str]) -> str | None:
-    # Whole path elements only: "pneumonia/bac" must not match "pneumonia/bacterial/...".
-    hits = [p for p in rules if finding == p or finding.startswith(p + "/")]
-    return rules[max(hits, key=len)] if hits else None
-
-
-def class_for_finding(finding: str, user_rules: dict[str, str]) -> str | None:
-    """The class name a finding maps to (maybe one not configured), or None when unmapped.
-
-    The user's rules win over the defaults whatever their length, so `Pneumonia=pneumonia`
-    really does put every pneumonia, COVID-19 included, into one class.
-    """
-    key = normalize_finding(finding)
-    label = _longest_prefix(key, user_rules)
-    if label is not None:
-        return label
-    # COVID-19 is the last path element in current releases and the whole (flat) value in
-    # older ones, where co-findings follow after a comma ("COVID-19, ARDS").
-    if key.split("/")[-1].split(",")[0].strip() == "covid-19":
-        return "covid"
-    return _longest_prefix(key, DEFAULT_FINDING_RULES)
-
-
-def _normalize_view(view: str) -> str:
-    return " ".join(view.lower().split())
 
 
 class IeeeSource(SourceAdapter):
@@ -79,28 +36,24 @@ class IeeeSource(SourceAdapter):
     def scan(self) -> Iterator[Record | Exclusion]:
         source = self.source_name
         metadata = posixpath.join(self.root, METADATA_FILE)
-        # StringIO(newline="") hands csv the text untouched, so quoted notes keep their line breaks.
-        text = read_text(metadata).lstrip("\ufeff")
-        views = {_normalize_view(v) for v in (self.options.get("views") or "PA").split(",") if v.strip()}
-        user_rules = parse_finding_map(self.options.get("finding_map", ""))
+        views = self.views()
+        user_rules = parse_finding_map(self.options.get("finding_map", ""), self.kind)
         listed: dict[str, set[str]] = {}  # folder -> files present, listed once per folder
         seen: set[str] = set()
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        columns = {(name or "").strip().lower() for name in reader.fieldnames or ()}
+        columns, rows = read_csv_rows(metadata)
         missing = {"patientid", "finding", "filename"} - columns
         if missing:
             # Without patient ids the split cannot keep a patient's films together: refuse
             # rather than silently treat every image as its own patient.
             raise ValueError(f"{metadata} lacks the column(s) {sorted(missing)}: is it the IEEE metadata.csv?")
-        for row in reader:
-            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
+        for row in rows:
             folder = row.get("folder") or DEFAULT_FOLDER
             filename = row.get("filename", "")
             where = posixpath.join(self.root, folder, filename)
             # Older releases have no modality column and hold X-rays only; an empty cell there
             # means the same. "X-ray", "X-Ray" and "xray" all occur.
             modality = re.sub(r"[^a-z]", "", (row.get("modality") or "X-ray").lower())
-            view = _normalize_view(row.get("view", ""))
+            view = normalize_view(row.get("view", ""))
             # ... except that the first release put CT slices under `view` ("CT").
             if modality != "xray" or (not row.get("modality") and view == "ct"):
                 yield Exclusion(source, where, "modality")
