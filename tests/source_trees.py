@@ -35,6 +35,13 @@ def image_bytes(label: str, seed: int, encoding: str = "png8", size: int = 80) -
     return encode(pixels(label, seed, size), encoding, (size, size))
 
 
+def rgb_png(label: str, seed: int, size: int = 80) -> bytes:
+    """A grayscale picture saved as RGB PNG, as Actualmed ships its films."""
+    buf = io.BytesIO()
+    Image.fromarray((pixels(label, seed, size) * 255).astype(np.uint8)).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def write(path: str, data: bytes) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
@@ -196,3 +203,73 @@ def decode_gray(data: bytes) -> np.ndarray:
     img = Image.open(io.BytesIO(data))
     arr = np.asarray(img, dtype=np.float64)
     return arr / (65535.0 if img.mode.startswith("I") else 255.0)
+
+
+# The COVID-Net team's sets: the real headers, verbatim.
+ACTUALMED_HEADER = ("patientid,offset,sex,age,finding,survival,temperature,pO2 saturation,view,modality,imagename,"
+                    "artifacts/distortion,notes").split(",")
+FIGURE1_HEADER = ("patientid,offset,sex,age,finding,survival,temperature,pO2 saturation,view,modality,"
+                  "artifacts/distortion,notes").split(",")
+
+
+def actualmed_name(prefix: str, stamp: str) -> str:
+    """A file name in Actualmed's style: the DICOM UID of the film, saved as PNG."""
+    return f"{prefix}.1.2.840.113564.1722810170.{stamp}.1003000225002.png"
+
+
+def write_actualmed_tree(root: str) -> dict[str, str]:
+    """An Actualmed clone; returns {imagename: expected outcome} (class or reason)."""
+    rows = [  # (patientid, finding, view, imagename stamp, file present, expected)
+        ("ANON100", "COVID-19", "PA", "20200321123520296900", True, "covid"),
+        ("ANON239", "No finding", "AP", "202003241816485934", True, "normal"),
+        ("ANON56", "No finding", "PA", "20200317090830828260", True, "normal"),
+        ("ANON56", "No finding", "PA", "20200317104341875470", True, "normal"),  # same patient, later film
+        ("ANON196", "", "PA", "20200313090023421700", True, "unlabelled"),  # "Inconclusive" in the notes
+        ("ANON196", "", "PA", "20200313100318375460", False, "unlabelled"),
+        ("ANON7", "COVID-19", "PA", "20200401000000000001", False, "missing_file"),  # >= 4 MiB, not in the clone
+        ("ANON8", "Pneumonia", "AP", "20200402000000000002", True, "finding:Pneumonia"),
+    ]
+    notes = {"COVID-19": ", date taken (YYYYMMDD): 20200321", "": "Inconclusive, date taken (YYYYMMDD): 20200313",
+             "No finding": "Negative (covid-19 viral infection is excluded), date taken (YYYYMMDD): 20200317",
+             "Pneumonia": "Pneumonia, date taken (YYYYMMDD): 20200402"}
+    meta, outcomes = [], {}
+    for i, (patient, finding, view, stamp, present, outcome) in enumerate(rows):
+        name = actualmed_name("DX" if i % 2 else "CR", stamp)
+        meta.append(dict.fromkeys(ACTUALMED_HEADER, "") | {
+            "patientid": patient, "finding": finding, "view": view, "modality": "X-ray", "imagename": name,
+            "notes": notes[finding]})
+        outcomes[name] = outcome
+        if present:
+            label = outcome if outcome in _LABEL_SEEDS else "normal"
+            write(os.path.join(root, "images", name), rgb_png(label, 1000 + i))
+    write_metadata(root, meta, ACTUALMED_HEADER)
+    return outcomes
+
+
+def write_figure1_tree(root: str) -> dict[str, str]:
+    """A Figure1 clone, metadata in Windows-1252 as shipped; returns {patientid: expected outcome}."""
+    rows = [  # (patientid, finding, age, view, file extension or "", expected)
+        ("COVID-00003a", "COVID-19", "28", "AP erect", ".jpg", "covid"),
+        ("COVID-00003b", "COVID-19", "28", "AP erect", ".jpg", "covid"),  # the same patient, intubated
+        ("COVID-00012", "COVID-19", "52", "", ".png", "covid"),  # no view given: kept
+        ("COVID-00023", "No finding", "", "", ".jpg", "normal"),
+        ("COVID-00040a", "No finding", "early 40s", "", ".jpg", "normal"),  # a year earlier...
+        ("COVID-00040b", "", "early 40s", "", ".jpg", "unlabelled"),  # ... than this one
+        ("COVID-00031", "Pneumonia", "", "", ".jpg", "finding:Pneumonia"),
+        ("COVID-00048", "COVID-19", "", "AP", "", "missing_file"),
+        ("COVID-00050", "COVID-19", "61", "L", ".jpg", "view"),
+    ]
+    lines = [",".join(FIGURE1_HEADER)]
+    outcomes = {}
+    for i, (patient, finding, age, view, ext, outcome) in enumerate(rows):
+        # Quoted notes with a comma, a line break, a degree sign and a curly apostrophe: cp1252 bytes.
+        note = f'"{age or "?"} yo, fever 38\u00b0 + cough.\nO2 says in low 90\u2019s"'
+        lines.append(f"{patient},,M,{age},{finding},,,,{view},X-ray,,{note}")
+        outcomes[patient] = outcome
+        if ext:
+            label = outcome if outcome in _LABEL_SEEDS else "covid"
+            write(os.path.join(root, "images", patient + ext), image_bytes(label, 1100 + i, "jpeg_rgb"))
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "metadata.csv"), "wb") as f:
+        f.write("\r\n".join(lines).encode("cp1252") + b"\r\n")
+    return outcomes

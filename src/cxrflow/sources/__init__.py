@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from cxrflow.sources.base import Exclusion, Record, SourceAdapter
+from cxrflow.sources.covidnet import ActualmedSource, Figure1Source
 from cxrflow.sources.dicom import DicomSource
 from cxrflow.sources.folders import FolderSource
 from cxrflow.sources.ieee import IeeeSource
 from cxrflow.sources.kaggle import KaggleSource
 
 ADAPTERS: dict[str, type[SourceAdapter]] = {
-    adapter.kind: adapter for adapter in (FolderSource, IeeeSource, KaggleSource, DicomSource)
+    adapter.kind: adapter
+    for adapter in (FolderSource, IeeeSource, KaggleSource, DicomSource, ActualmedSource, Figure1Source)
 }
 
 
