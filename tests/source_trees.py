@@ -273,3 +273,38 @@ def write_figure1_tree(root: str) -> dict[str, str]:
     with open(os.path.join(root, "metadata.csv"), "wb") as f:
         f.write("\r\n".join(lines).encode("cp1252") + b"\r\n")
     return outcomes
+
+
+# NIH ChestX-ray14: the 2017 header verbatim, with its trailing comma (an unnamed last column).
+NIH_HEADER_2017 = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+                   "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],")
+NIH_ROWS = [  # (Image Index, Finding Labels, Follow-up #, Patient ID, Patient Age, View Position, expected)
+    ("00000001_000.png", "Cardiomegaly", "0", "1", "57", "PA", "finding:Cardiomegaly"),
+    ("00000001_001.png", "Cardiomegaly|Emphysema", "1", "1", "58", "PA", "multi_label"),
+    ("00000002_000.png", "No Finding", "0", "2", "80", "PA", "normal"),
+    ("00000002_001.png", "No Finding", "1", "2", "81", "AP", "normal"),
+    ("00000003_000.png", "Pneumonia", "0", "3", "74", "PA", "finding:Pneumonia"),
+    ("00000003_001.png", "Pneumonia|Infiltration", "1", "3", "74", "PA", "multi_label"),
+    ("00000004_000.png", "No Finding", "0", "4", "148", "PA", "normal"),  # an impossible age of the 2017 file
+    ("00000005_000.png", "No Finding", "0", "5", "45", "AP", "missing_file"),
+]
+
+
+def write_nih_tree(root: str, split_folders: bool = True) -> dict[str, str]:
+    """A ChestX-ray14 download; returns {Image Index: expected outcome} (class or reason).
+
+    `split_folders` unpacks files into `images_001/images/`, `images_002/images/` as the archives
+    do; otherwise all go in `images/`.
+    """
+    lines = [NIH_HEADER_2017]
+    for i, (name, labels, follow_up, patient, age, view, outcome) in enumerate(NIH_ROWS):
+        lines.append(f"{name},{labels},{follow_up},{patient},{age},{'F' if i % 2 else 'M'},{view},2500,2048,"
+                     f"0.14300000000000002,0.14300000000000002,")
+        if outcome == "missing_file":
+            continue
+        folder = os.path.join(f"images_{1 + i // 4:03d}", "images") if split_folders else "images"
+        label = outcome if outcome in _LABEL_SEEDS else "bacterial"
+        write(os.path.join(root, folder, name), image_bytes(label, 1200 + i))
+    write(os.path.join(root, "Data_Entry_2017.csv"), ("\n".join(lines) + "\n").encode())
+    write(os.path.join(root, "BBox_List_2017.csv"), b"Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
+    return {row[0]: row[-1] for row in NIH_ROWS}

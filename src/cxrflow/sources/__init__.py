@@ -8,10 +8,11 @@ from cxrflow.sources.dicom import DicomSource
 from cxrflow.sources.folders import FolderSource
 from cxrflow.sources.ieee import IeeeSource
 from cxrflow.sources.kaggle import KaggleSource
+from cxrflow.sources.nih import NihSource
 
 ADAPTERS: dict[str, type[SourceAdapter]] = {
     adapter.kind: adapter
-    for adapter in (FolderSource, IeeeSource, KaggleSource, DicomSource, ActualmedSource, Figure1Source)
+    for adapter in (FolderSource, IeeeSource, KaggleSource, DicomSource, ActualmedSource, Figure1Source, NihSource)
 }
 
 
