@@ -308,3 +308,33 @@ def write_nih_tree(root: str, split_folders: bool = True) -> dict[str, str]:
     write(os.path.join(root, "Data_Entry_2017.csv"), ("\n".join(lines) + "\n").encode())
     write(os.path.join(root, "BBox_List_2017.csv"), b"Image Index,Finding Label,Bbox [x,y,w,h],,,\n")
     return {row[0]: row[-1] for row in NIH_ROWS}
+
+
+RSNA_IMAGES = [  # (patientId, class, boxes, DICOM view, file present, expected)
+    ("0004cfab-14fd-4e49-80ba-63a80b6bddd6", "No Lung Opacity / Not Normal", 0, "PA", True,
+     "finding:No Lung Opacity / Not Normal"),
+    ("003d8fa0-6bf1-40ed-b54c-ac657f8495c5", "Normal", 0, "PA", True, "normal"),
+    ("00436515-870c-4b36-a041-de91049b9ab4", "Lung Opacity", 2, "AP", True, "finding:Lung Opacity"),
+    ("00569f44-917d-4c86-a842-81832af98c30", "Normal", 0, "AP", True, "normal"),
+    ("006cec2e-6ce2-4549-bffa-eadfcd1e9970", "Normal", 0, "PA", False, "missing_file"),
+    ("00704310-78a8-4b38-8475-49f4573b2dbb", "Lung Opacity", 1, "PA", True, "finding:Lung Opacity"),
+]
+
+
+def write_rsna_tree(root: str) -> dict[str, str]:
+    """The Kaggle download of the RSNA challenge; returns {patientId: expected outcome}."""
+    labels, classes = ["patientId,x,y,width,height,Target"], ["patientId,class"]
+    for i, (image, name, boxes, view, present, _) in enumerate(RSNA_IMAGES):
+        for b in range(max(boxes, 1)):  # one row per box; one empty row without boxes
+            labels.append(f"{image},{264.0 + b},{152.0 + b},213.0,379.0,1" if boxes else f"{image},,,,,0")
+            classes.append(f"{image},{name}")  # the class row repeats with every box row
+        if present:
+            write_dicom(os.path.join(root, "stage_2_train_images", f"{image}.dcm"), pixels("normal", 1300 + i, 48),
+                        patient_id=image, view=view, sex="F" if i % 2 else "M", age=str(40 + i))
+    write(os.path.join(root, "stage_2_train_labels.csv"), ("\n".join(labels) + "\n").encode())
+    write(os.path.join(root, "stage_2_detailed_class_info.csv"), ("\n".join(classes) + "\n").encode())
+    # Unlabelled test images and the sample submission are part of the download, not of the data.
+    write_dicom(os.path.join(root, "stage_2_test_images", "0000a175-0e68-4ca4-b1af-167204a7e0bc.dcm"),
+                pixels("normal", 1399, 48), patient_id="0000a175-0e68-4ca4-b1af-167204a7e0bc")
+    write(os.path.join(root, "stage_2_sample_submission.csv"), b"patientId,PredictionString\n")
+    return {image: expected for image, *_, expected in RSNA_IMAGES}

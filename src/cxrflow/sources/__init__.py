@@ -9,10 +9,13 @@ from cxrflow.sources.folders import FolderSource
 from cxrflow.sources.ieee import IeeeSource
 from cxrflow.sources.kaggle import KaggleSource
 from cxrflow.sources.nih import NihSource
+from cxrflow.sources.rsna import RsnaSource
 
 ADAPTERS: dict[str, type[SourceAdapter]] = {
     adapter.kind: adapter
-    for adapter in (FolderSource, IeeeSource, KaggleSource, DicomSource, ActualmedSource, Figure1Source, NihSource)
+    for adapter in (
+        FolderSource, IeeeSource, KaggleSource, DicomSource, ActualmedSource, Figure1Source, NihSource, RsnaSource
+    )
 }
 
 
