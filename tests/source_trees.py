@@ -338,3 +338,43 @@ def write_rsna_tree(root: str) -> dict[str, str]:
                 pixels("normal", 1399, 48), patient_id="0000a175-0e68-4ca4-b1af-167204a7e0bc")
     write(os.path.join(root, "stage_2_sample_submission.csv"), b"patientId,PredictionString\n")
     return {image: expected for image, *_, expected in RSNA_IMAGES}
+
+
+COVIDX_LINES = {  # split: [(line, expected outcome, file present)]; real lines' shapes and names
+    "train": [
+        ("ANON56 CR.1.2.840.113564.1722810170.20200317090830828260.1003000225002.png normal actmed", "normal", True),
+        ("ANON56 CR.1.2.840.113564.1722810170.20200317104341875470.1003000225002.png normal actmed", "normal", True),
+        ("5 ARDSSevere.png pneumonia cohen", "finding:pneumonia", True),
+        ("419639-003251 MIDRC-RICORD-1C-419639-003251-46647-0.png COVID-19 ricord", "covid", True),
+        ("5 covid-19-pneumonia-5.jpg COVID-19 cohen", "covid", True),  # patient 5 of another source
+        ("8989e25c-a698-48fc-b428-fff56931fc8f 8989e25c-a698-48fc-b428-fff56931fc8f.png normal rsna", "missing_file",
+         False),
+        ("3 SARS-10.1148rg.242035193-g04mr34g0-Fig8a-day0.jpeg viral", "finding:viral", True),  # 3 columns
+        ("29 streptococcus-pneumoniae-pneumonia-1.jpg bacteria", "bacterial", True),
+        ("ANON56 CR.1.2.840.113564.1722810170.20200317090830828260.1003000225002.png normal actmed", "duplicate_row",
+         True),
+        ("COVID-00012 COVID(12).png", "unparsed_line", False),
+    ],
+    "test": [
+        ("419639-001464 MIDRC-RICORD-1C-419639-001464-39871-0.png positive ricord", "covid", True),
+        ("47c78742-4998-4878-aec4-37b11b1354ac 47c78742-4998-4878-aec4-37b11b1354ac.png negative rsna",
+         "finding:negative", True),
+        ("ANON56 CR.1.2.840.113564.1722810170.20200317090830828260.1003000225002.png normal actmed", "normal", True),
+    ],
+}
+
+
+def write_covidx_tree(root: str) -> dict[str, list[tuple[str, str]]]:
+    """A COVIDx folder (Kaggle layout); returns {split: [(filename or line, expected outcome)]}."""
+    expected: dict[str, list[tuple[str, str]]] = {}
+    for split, lines in COVIDX_LINES.items():
+        expected[split] = []
+        for i, (line, outcome, present) in enumerate(lines):
+            fields = line.split()
+            expected[split].append((fields[1] if outcome != "unparsed_line" else line, outcome))
+            if present and not os.path.exists(os.path.join(root, split, fields[1])):
+                label = outcome if outcome in _LABEL_SEEDS else "bacterial"
+                write(os.path.join(root, split, fields[1]), image_bytes(label, 1400 + 20 * (split == "test") + i))
+        # Trailing blanks and a blank last line, as the published lists have.
+        write(os.path.join(root, f"{split}.txt"), ("\n".join(f"{line} " for line, _, _ in lines) + "\n\n").encode())
+    return expected

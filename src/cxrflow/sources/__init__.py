@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cxrflow.sources.base import Exclusion, Record, SourceAdapter
 from cxrflow.sources.covidnet import ActualmedSource, Figure1Source
+from cxrflow.sources.covidx import CovidxSource
 from cxrflow.sources.dicom import DicomSource
 from cxrflow.sources.folders import FolderSource
 from cxrflow.sources.ieee import IeeeSource
@@ -14,7 +15,8 @@ from cxrflow.sources.rsna import RsnaSource
 ADAPTERS: dict[str, type[SourceAdapter]] = {
     adapter.kind: adapter
     for adapter in (
-        FolderSource, IeeeSource, KaggleSource, DicomSource, ActualmedSource, Figure1Source, NihSource, RsnaSource
+        FolderSource, IeeeSource, KaggleSource, DicomSource, ActualmedSource, Figure1Source, NihSource, RsnaSource,
+        CovidxSource,
     )
 }
 
