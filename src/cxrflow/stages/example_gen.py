@@ -11,18 +11,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from cxrflow import features as fk
+from cxrflow import progress
 from cxrflow.beam_options import with_local_threads
 from cxrflow.config import PipelineConfig
 from cxrflow.images import ImageRejected, check_image, check_size
 from cxrflow.io_utils import join, makedirs, write_json_atomic
 from cxrflow.sources import Exclusion, Record, adapter_for
 from cxrflow.stages import check_cache
-from cxrflow.stages.splitting import ImageMeta, assign_splits, deduplicate, patient_overlap
+from cxrflow.stages.confounding import age_group, confounding_report, file_traits
+from cxrflow.stages.splitting import ImageMeta, assign_splits, deduplicate, patient_overlap, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,6 @@ def split_dir(examples_dir: str, split: str) -> str:
 
 def split_pattern(examples_dir: str, split: str) -> str:
     return join(split_dir(examples_dir, split), "*.tfrecord")
-
-
-def age_group(age: str) -> str:
-    match = re.search(r"\d+(\.\d+)?", age or "")
-    if not match:
-        return ""
-    years = float(match.group())
-    if years < 18:
-        return "0-17"
-    if years < 40:
-        return "18-39"
-    if years < 65:
-        return "40-64"
-    return "65+"
 
 
 def _read(path: str) -> bytes:
@@ -108,7 +95,9 @@ def remember_checks(checks: list[dict], cache_dir: str) -> None:
     check_cache.save(cache_dir, {c["meta"].file_sha256: c["cache_entry"] for c in checks if c.get("cache_entry")})
 
 
-def to_example(record: Record, image_bytes: bytes) -> bytes:
+def to_example(record: Record, image_bytes: bytes, original: bytes | None = None) -> bytes:
+    """One tf.Example: the image bytes to train on, the record's metadata and the file traits
+    of `original`, the file as found (before any re-encode; `image_bytes` when not given)."""
     import tensorflow as tf
 
     values = {
@@ -119,10 +108,13 @@ def to_example(record: Record, image_bytes: bytes) -> bytes:
         fk.VIEW_KEY: record.view.encode(),
         fk.SEX_KEY: record.sex.encode(),
         fk.AGE_KEY: record.age.encode(),
-        fk.AGE_GROUP_KEY: age_group(record.age).encode(),
+        fk.AGE_GROUP_KEY: age_group(record.age, record.age_group).encode(),
         fk.IMAGE_ID_KEY: record.image_id.encode(),
     }
+    traits = file_traits(image_bytes if original is None else original)
+    values.update({k: traits[k].encode() for k in fk.TRAIT_STR_KEYS})
     feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v])) for k, v in values.items()}
+    feature.update({k: tf.train.Feature(int64_list=tf.train.Int64List(value=[traits[k]])) for k in fk.TRAIT_INT_KEYS})
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -133,11 +125,16 @@ def make_plan(
     """Dedup + split over pass-one metadata; returns the assignment and the ingestion report."""
     ok = [c for c in checks if not c["skip"]]
     kept, duplicates = deduplicate(c["meta"] for c in ok)
+    test_source = _test_source(config, records, exclusions)
     assignment, split_notes = assign_splits(
-        kept, config.classes, config.eval_fraction, config.test_fraction, config.seed
+        kept, config.classes, config.eval_fraction, config.test_fraction, config.seed, test_source
     )
     reencode = {c["meta"].image_id for c in ok if c["reencoded"]}
     by_id = {r.image_id: r for r in records}
+    # A source that names no patient is split image by image: say so beside its split method.
+    for r in records:
+        if not r.patient_known and r.source in split_notes["split_methods"]:
+            split_notes["split_methods"][r.source]["unit"] = "image (the source names no patient)"
 
     sources: dict[str, dict] = defaultdict(lambda: {"rows": 0, "kept": Counter(), "excluded": Counter()})
     for r in records:
@@ -156,6 +153,9 @@ def make_plan(
         sources[r.source]["excluded"]["duplicate"] += 1
         skipped.append({"path": r.path, "reason": "duplicate", "detail": f"{d['match']} copy of {d['kept']}"})
 
+    # (split, class, source, age group) per kept image: what confounding.py weighs.
+    nuisance = [(assignment[m.image_id], m.label, m.source,
+                 age_group(by_id[m.image_id].age, by_id[m.image_id].age_group)) for m in kept]
     splits = {s: Counter() for s in fk.SPLITS}
     by_source: dict[str, dict] = {s: defaultdict(Counter) for s in fk.SPLITS}
     for meta in kept:
@@ -173,6 +173,8 @@ def make_plan(
         "splits": {s: {c: splits[s].get(c, 0) for c in config.classes} for s in fk.SPLITS},
         "by_source": {s: {src: dict(cnt) for src, cnt in sorted(v.items())} for s, v in by_source.items()},
         "patient_overlap": patient_overlap(kept, assignment),
+        "test_source": test_source,
+        "confounding": confounding_report(nuisance, config.classes, test_source=test_source),
         "skipped": sorted(skipped, key=lambda x: (x["reason"], x["path"])),
         **split_notes,
     }
@@ -192,13 +194,20 @@ def write_examples(record: Record, plan: dict, max_pixels: int):
     if split is None:
         return
     data = _read(record.path)
-    if record.image_id in plan["reencode"]:
-        data = check_image(data, max_pixels).data
-    yield split, to_example(record, data)
+    encoded = check_image(data, max_pixels).data if record.image_id in plan["reencode"] else data
+    yield split, to_example(record, encoded, original=data)
+
+
+def _test_source(config: PipelineConfig, records: list[Record], exclusions: list[Exclusion]) -> str:
+    """The full name of `--test-source` among the sources listed ("" when not given)."""
+    if not config.test_source:
+        return ""
+    return resolve_source(config.test_source, {r.source for r in records} | {e.source for e in exclusions})
 
 
 def scan_sources(config: PipelineConfig) -> tuple[list[Record], list[Exclusion]]:
-    """Lists every configured source; raises ValueError on duplicate image ids or no data."""
+    """Lists every configured source; raises ValueError on duplicate image ids, no data or an
+    unknown `--test-source`."""
     if not config.data:
         raise ValueError("no data given: pass --data KIND:PATH at least once")
     records: list[Record] = []
@@ -214,6 +223,7 @@ def scan_sources(config: PipelineConfig) -> tuple[list[Record], list[Exclusion]]
     clashes = [i for i, n in ids.items() if n > 1]
     if clashes:
         raise ValueError(f"two --data entries list the same images (e.g. {clashes[0]}); pass each folder once")
+    _test_source(config, records, exclusions)  # an unknown name fails here, before any Beam work
     return records, exclusions
 
 
@@ -232,11 +242,13 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
     check_cache.load.cache_clear()  # a long-lived process must see what other runs added since
     unreadable_cache_files = check_cache.load(config.ingest_cache)[1] if config.ingest_cache else ()
     options = PipelineOptions(with_local_threads(beam_args or config.beam_args))
+    progress.start("files checked", len(records), "files")  # the console's bar (progress.py)
     with beam.Pipeline(options=options) as p:
         recs = p | "ListImages" >> beam.Create(records, reshuffle=True)
         checks = (
             recs
             | "ReadAndCheck" >> beam.Map(check_record, max_pixels, config.ingest_cache)
+            | "CountChecks" >> beam.Map(progress.passthrough, "files checked")
             | "CollectMetadata" >> beam.combiners.ToList()
         )
         if config.ingest_cache:
@@ -254,6 +266,7 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
             )
         _ = plan | "WriteReport" >> beam.Map(lambda pl: write_json_atomic(join(output_dir, REPORT_FILE), pl["report"]))
 
+    progress.flush("files checked")
     from cxrflow.io_utils import read_json
 
     report = read_json(join(output_dir, REPORT_FILE))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
@@ -31,10 +31,6 @@ class ImageMeta:
 
 
 MAX_BLOCK = 128  # kept images compared per blocking key: at most 16 * 128 thumbnails per image
-
-
-def _rank(seed: int, key: str) -> str:
-    return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
 
 def deduplicate(images: Iterable[ImageMeta]) -> tuple[list[ImageMeta], list[dict]]:
@@ -100,66 +96,144 @@ def deduplicate(images: Iterable[ImageMeta]) -> tuple[list[ImageMeta], list[dict
     return kept, sorted(duplicates, key=lambda d: d["image_id"])
 
 
-def _take(patients: list[str], fraction: float, seed: int, salt: str) -> set[str]:
-    """The first `fraction` of patients in a seeded hash order: stable as data grows."""
-    if not patients or fraction <= 0:
-        return set()
-    n = round(len(patients) * fraction)
-    if len(patients) >= 3:
-        n = max(1, n)  # every class present in every split once there are enough patients
-    n = min(n, len(patients) - 1) if len(patients) > 1 else 0
-    ordered = sorted(patients, key=lambda p: _rank(seed, f"{salt}:{p}"))
-    return set(ordered[:n])
+def bucket(seed: int, patient: str) -> float:
+    """The patient's place in [0, 1): a hash of the seed and the patient id alone.
+
+    It depends on nothing else (not on how many patients there are, nor on their class), so a
+    patient keeps its split when data is added: the stability scheduled retraining needs, since
+    the served model and a new one are compared on the test split.
+    """
+    digest = hashlib.sha256(f"{seed}:{patient}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def resolve_source(name: str, sources: Iterable[str]) -> str:
+    """The source `--test-source NAME` means: a full source name (`ieee:ieee`) or its kind (`ieee`).
+
+    Raises ValueError naming the sources when NAME matches none, or a kind matches several.
+    """
+    known = sorted(set(sources))
+    if name in known:
+        return name
+    by_kind = [s for s in known if s.partition(":")[0] == name]
+    if len(by_kind) == 1:
+        return by_kind[0]
+    if by_kind:
+        raise ValueError(f"--test-source {name!r} matches several sources {by_kind}: give the full name")
+    raise ValueError(f"--test-source {name!r} is not one of the sources given: {known}")
+
+
+@dataclass
+class _Patient:
+    label: str
+    source: str
+    provided: str  # the split its source put it in ("" when none)
+    u: float
+    split: str = ""
+
+
+def _majority(counts: Counter, order: Sequence[str]) -> str:
+    """The most frequent key; ties go to the earliest in `order` (stable)."""
+    return max(counts, key=lambda k: (counts[k], -order.index(k)))
 
 
 def assign_splits(
-    images: list[ImageMeta], classes: tuple[str, ...], eval_fraction: float, test_fraction: float, seed: int
+    images: list[ImageMeta], classes: tuple[str, ...], eval_fraction: float, test_fraction: float, seed: int,
+    test_source: str = "",
 ) -> tuple[dict[str, str], dict]:
     """Maps image_id -> split so that no patient spans two splits.
 
     A split the source provides is honoured per patient; a patient whose images the source put
     in different splits (that is leakage) goes wholly to the split holding most of its images.
-    Patients without a provided split are stratified by class into test; eval is then carved
-    from the train patients of each class. Returns (assignment, notes for the report).
+    Every other patient is placed by its `bucket` u: u < test_fraction -> test, the next
+    eval_fraction -> eval, else train. Each source is judged alone: one that ships no test split
+    (Kaggle's snapshot: train/ only) has test carved from its train patients this way, and
+    eval likewise when it ships no eval split. So every class gets a test share whatever mix of
+    sources is given. With `test_source`, that source's patients are the whole test split, the
+    other sources' patients go to train or eval only (their own test splits included), so every
+    test metric is external.
+
+    Fallback: a class with at least 3 patients that the buckets leave without a test (or eval)
+    patient gets its lowest-bucket carvable train patient moved there (or, when its sources
+    ship splits that lack the class, its lowest-bucket train patient). That rare move is the
+    only assignment that can change as data grows (a later patient of that class may fill the
+    split by its bucket, and the moved patient returns to train); `notes["fallback"]` lists it.
+    Returns (assignment, notes for the report).
     """
     by_patient: dict[str, list[ImageMeta]] = defaultdict(list)
+    provides: dict[str, set[str]] = defaultdict(set)
     for image in images:
         by_patient[image.patient_id].append(image)
+        if image.provided_split:
+            provides[image.source].add(image.provided_split)
 
-    patient_split: dict[str, str] = {}
-    patient_label: dict[str, str] = {}
+    patients: dict[str, _Patient] = {}
     reassigned = 0
-    for patient, imgs in by_patient.items():
-        labels = Counter(i.label for i in imgs)
-        # Majority label; ties go to the earlier class in config order (stable).
-        patient_label[patient] = max(labels, key=lambda c: (labels[c], -classes.index(c)))
+    for pid in sorted(by_patient):
+        imgs = by_patient[pid]
         provided = Counter(i.provided_split for i in imgs if i.provided_split)
-        if provided:
-            if len(provided) > 1:
-                reassigned += 1
-            patient_split[patient] = max(provided, key=lambda s: (provided[s], SPLITS.index(s)))
+        reassigned += len(provided) > 1
+        sources = Counter(i.source for i in imgs)
+        patients[pid] = _Patient(
+            label=_majority(Counter(i.label for i in imgs), classes),
+            source=max(sources, key=lambda s: (sources[s], s)),
+            provided=_majority(provided, SPLITS) if provided else "",
+            u=bucket(seed, pid),
+        )
+        if test_source and patients[pid].provided == "test":
+            patients[pid].provided = "train"  # test is the external source alone: this one trains
 
-    per_class: dict[str, list[str]] = defaultdict(list)
-    for patient in sorted(by_patient):
-        if patient not in patient_split:
-            per_class[patient_label[patient]].append(patient)
-    for label, patients in per_class.items():
-        test = _take(patients, test_fraction, seed, f"test:{label}")
-        for p in patients:
-            patient_split[p] = "test" if p in test else "train"
+    def carvable(p: _Patient, split: str) -> bool:
+        """May `split` be carved from this patient? Not when its source ships that split."""
+        if p.source == test_source:
+            return False
+        if split == "test" and test_source:
+            return False  # test is the external source alone
+        return not p.provided or (p.provided == "train" and split not in provides[p.source])
 
-    train_by_class: dict[str, list[str]] = defaultdict(list)
-    for patient in sorted(by_patient):
-        if patient_split[patient] == "train":
-            train_by_class[patient_label[patient]].append(patient)
-    has_provided_eval = any(s == "eval" for s in patient_split.values())
-    if not has_provided_eval:
-        for label, patients in train_by_class.items():
-            for p in _take(patients, eval_fraction, seed, f"eval:{label}"):
-                patient_split[p] = "eval"
+    for p in patients.values():
+        if p.source == test_source:
+            p.split = "test"
+        elif p.provided in ("eval", "test"):
+            p.split = p.provided
+        elif carvable(p, "test") and p.u < test_fraction:
+            p.split = "test"
+        elif carvable(p, "eval") and test_fraction <= p.u < test_fraction + eval_fraction:
+            p.split = "eval"
+        else:
+            p.split = "train"
 
-    assignment = {i.image_id: patient_split[i.patient_id] for i in images}
-    return assignment, {"patients_reassigned_to_avoid_leakage": reassigned}
+    fallback = []
+    for label in classes:
+        members = sorted((pid for pid, p in patients.items() if p.label == label), key=lambda i: patients[i].u)
+        if len(members) < 3:
+            continue
+        for split in ("test", "eval"):
+            if any(patients[pid].split == split for pid in members):
+                continue
+            train = [pid for pid in members if patients[pid].split == "train"]
+            # Carvable patients first; then, rather than no test share at all, a patient its
+            # source put in train (moving it out of train cannot leak). Never the test source's.
+            movable = sorted((pid for pid in train if patients[pid].source != test_source
+                              and (split == "eval" or not test_source)),
+                             key=lambda pid: (not carvable(patients[pid], split), patients[pid].u))
+            if movable and len(train) >= 2:  # never empty the class's train split
+                patients[movable[0]].split = split
+                fallback.append({"patient_id": movable[0], "class": label, "split": split})
+
+    assignment = {i.image_id: patients[i.patient_id].split for i in images}
+    methods = {}
+    for source in sorted({p.source for p in patients.values()}):
+        if source == test_source:
+            methods[source] = {"test": "whole source", "eval": "none"}
+            continue
+        methods[source] = {
+            "test": "none (external test source)" if test_source
+            else "provided" if "test" in provides[source] else "carved by patient",
+            "eval": "provided" if "eval" in provides[source] else "carved by patient",
+        }
+    return assignment, {"patients_reassigned_to_avoid_leakage": reassigned, "split_methods": methods,
+                        "fallback": fallback}
 
 
 def patient_overlap(images: Iterable[ImageMeta], assignment: dict[str, str]) -> int:
