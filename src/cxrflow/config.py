@@ -15,6 +15,7 @@ MODELS = ("cnn", "resnet50", "mobilenetv2")
 RESAMPLE_MODES = ("none", "under", "over")
 BALANCE_BY = ("", "age_group", "source")  # nuisance variables Resample can balance; "" = off
 NORMALIZATIONS = ("unit", "zscore")
+BLESSING_RULES = ("bootstrap", "point")
 RESIZE_MODES = ("stretch", "pad")
 
 
@@ -58,6 +59,7 @@ class PipelineConfig:
     views: tuple[str, ...] = ("PA", "AP", "AP Supine", "AP Erect")
     class_map: str = ""  # "FOLDER=CLASS,..." overrides for folder names
     finding_map: str = ""  # "FINDING_PREFIX=CLASS,..." overrides for IEEE findings
+    folder_label: str = ""  # the class of images lying directly in a `folders` root (cxrflow evaluate --label)
     kaggle_merge_val: bool = True  # Kaggle's 16-image val folder joins train
     eval_fraction: float = 0.15  # carved from train, by patient
     test_fraction: float = 0.15  # used only when a source provides no test split
@@ -95,6 +97,10 @@ class PipelineConfig:
     min_recall: tuple[tuple[str, float], ...] = (("covid", 0.9),)
     min_macro_recall: float = 0.8
     max_regression: float = 0.02  # allowed drop of a gated metric against the served model
+    # How a drop against the served model is judged (blessing.py): "bootstrap" fails a metric only
+    # when a paired patient bootstrap shows with 95% confidence that it dropped by more than
+    # max_regression; "point" compares the two point estimates (TFMA's change threshold).
+    blessing_rule: str = "bootstrap"
     # Shortcut checks (report/shortcut.py): a file-traits-only probe warns when its macro recall
     # comes within probe_margin of the model's or exceeds probe_max_macro_recall; the model is
     # scored with the central lungs_hidden_fraction of width and height hidden and warns when its
@@ -115,7 +121,9 @@ class PipelineConfig:
     # Local runs: completed stages and the Trainer's backups live here (see stage_cache.py)
     work_dir: str = ""
     # Deployment
-    base_image: str = "python:3.11-slim"
+    # The image every KFP task runs in. "" = not chosen: fine for local runs (kfp.local runs tasks
+    # in this environment), refused by `compile_pipeline` (python:3.11-slim lacked cxrflow).
+    base_image: str = ""
     beam_args: tuple[str, ...] = ()
     trainer_resources: Resources = field(default_factory=Resources)
     default_resources: Resources = field(default_factory=Resources)
@@ -149,6 +157,8 @@ class PipelineConfig:
             raise ConfigError("eval_fraction and test_fraction must lie strictly between 0 and 1")
         if self.eval_fraction + self.test_fraction >= 1:
             raise ConfigError("eval_fraction + test_fraction must leave data for training")
+        if self.blessing_rule not in BLESSING_RULES:
+            raise ConfigError(f"blessing_rule must be one of {BLESSING_RULES}, got {self.blessing_rule!r}")
         if self.tta < 1:
             raise ConfigError("tta must be 1 (off) or more")
         if not 0 < self.lungs_hidden_fraction < 1:
@@ -176,6 +186,11 @@ class PipelineConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(f"unknown config keys: {unknown}")
+        return cls(**cls._typed(raw))
+
+    @classmethod
+    def _typed(cls, raw: dict) -> dict:
+        """JSON values turned back into the field types (tuples, nested dataclasses)."""
         values = dict(raw)
         for key in ("data", "classes", "views", "beam_args"):
             if key in values:
@@ -187,7 +202,7 @@ class PipelineConfig:
         for key in ("trainer_resources", "default_resources"):
             if isinstance(values.get(key), dict):
                 values[key] = Resources(**values[key])
-        return cls(**values)
+        return values
 
     def replace(self, **changes) -> PipelineConfig:
         return dataclasses.replace(self, **changes)
@@ -198,8 +213,68 @@ class PipelineConfig:
             "views": ",".join(self.views),
             "class_map": self.class_map,
             "finding_map": self.finding_map,
+            "label": self.folder_label,
             "kaggle_merge_val": "1" if self.kaggle_merge_val else "",
         }
 
     def class_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.classes)}
+
+
+# --- per-stage config (caching) ----------------------------------------------------------------
+# The fields each pipeline stage reads. A KFP task receives only its stage's fields (as JSON), so
+# its cache key, and the local stage cache's fingerprint (stage_cache.py), change only when one
+# of them changes: a new --epochs re-runs Trainer, Evaluator and Pusher, never ExampleGen or
+# Transform. Every field must be listed under a stage or in PIPELINE_ONLY_FIELDS
+# (tests/test_pipeline_compile.py checks this, and that each stage's code reads only its own
+# fields); a field listed nowhere is passed to every stage, which is safe but defeats caching.
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "example_gen": ("data", "classes", "views", "class_map", "finding_map", "folder_label", "kaggle_merge_val",
+                    "eval_fraction", "test_fraction", "test_source", "max_image_pixels", "ingest_cache", "seed",
+                    "beam_args", "work_dir"),
+    "transform": ("classes", "image_size", "normalization", "resize_mode", "beam_args", "work_dir"),
+    "resample": ("classes", "resample", "oversample_ratio", "class_weights", "balance_by", "seed", "beam_args",
+                 "work_dir"),
+    "trainer": ("classes", "views", "image_size", "normalization", "resize_mode", "resample", "class_weights",
+                "model", "weights", "epochs", "batch_size", "learning_rate", "weight_decay",
+                "early_stopping_patience", "augmentation", "seed", "deterministic", "tta", "beam_args", "work_dir"),
+    "served_model": ("serving_dir", "model_name"),
+    "evaluator": ("classes", "image_size", "batch_size", "tta", "seed", "beam_args", "min_recall",
+                  "min_macro_recall", "max_regression", "blessing_rule", "probe_margin", "probe_max_macro_recall",
+                  "lungs_hidden_fraction", "lungs_hidden_margin"),
+    "pusher": ("serving_dir", "model_name", "keep_versions", "vertex_model", "vertex_project", "vertex_region",
+               "vertex_endpoint", "vertex_serving_image"),
+}
+# Read when the pipeline is built (images, resources), never by a task.
+PIPELINE_ONLY_FIELDS = ("base_image", "trainer_resources", "default_resources")
+
+
+def stage_fields(stage: str) -> tuple[str, ...]:
+    """STAGE_FIELDS[stage] plus every field no stage claims (passed everywhere, to be safe)."""
+    claimed = {f for fields in STAGE_FIELDS.values() for f in fields} | set(PIPELINE_ONLY_FIELDS)
+    unclaimed = [f.name for f in dataclasses.fields(PipelineConfig) if f.name not in claimed]
+    return STAGE_FIELDS[stage] + tuple(unclaimed)
+
+
+def stage_json(config: PipelineConfig, stage: str) -> str:
+    """The JSON of the fields `stage` reads: what its KFP task receives."""
+    values = json.loads(config.to_json())
+    return json.dumps({k: values[k] for k in stage_fields(stage)}, sort_keys=True)
+
+
+def stage_config(text: str) -> PipelineConfig:
+    """A task's config: the fields in `text` (stage_json), every other field at its default.
+
+    The whole config was validated when the pipeline was built; checking one stage's fields
+    against the defaults of the others (say, the default min_recall's `covid` against custom
+    classes) would refuse valid runs, so the instance is assembled without re-validation.
+    """
+    raw = json.loads(text)
+    unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(PipelineConfig)})
+    if unknown:
+        raise ConfigError(f"unknown config keys: {unknown}")
+    config = object.__new__(PipelineConfig)
+    values = {**dataclasses.asdict(PipelineConfig()), **raw}
+    for name, value in PipelineConfig._typed(values).items():
+        object.__setattr__(config, name, value)
+    return config

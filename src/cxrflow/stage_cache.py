@@ -5,10 +5,12 @@ kfp.local has no cache of its own and gives every run a fresh pipeline root. Wit
 is kept under `work/stages/<stage>-<fingerprint>/`, hard-linked (no extra disk) and completed by
 an atomic rename. A later run whose stage has the same fingerprint copies that output into its
 artifact instead of recomputing. The fingerprint covers the stage name, the config values the
-stage reads and the fingerprints of its inputs, and ExampleGen's also covers the data files'
-names, sizes and modification times, so changed data or settings always recompute.
+stage reads (config.STAGE_FIELDS) and the fingerprints of its inputs, and ExampleGen's also
+covers the data files' names, sizes and modification times (local or gs://), so changed data or
+settings always recompute, and a setting one stage ignores never recomputes it.
 
-Remote runs (KFP, Vertex) leave `work_dir` empty: there, KFP's own caching is the mechanism.
+Remote runs (KFP, Vertex) leave `work_dir` empty: there, KFP's own caching is the mechanism,
+keyed by the same per-stage fields (pipeline.py) and the same data fingerprint.
 """
 
 from __future__ import annotations
@@ -19,21 +21,44 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 
-from cxrflow.config import PipelineConfig
+from cxrflow.config import PipelineConfig, stage_fields
 
 FINGERPRINT_FILE = "_cxrflow_fingerprint"
 COMPLETE_MARKER = "_COMPLETE"
-# Config fields that never change a stage's output.
-_NEUTRAL_FIELDS = {"work_dir", "base_image", "trainer_resources", "default_resources", "serving_dir",
-                   "model_name", "keep_versions"}
+# A field a stage reads that never changes its output (where the Trainer keeps its backups).
+_NEUTRAL_FIELDS = {"work_dir"}
 
 
-def _data_listing(config: PipelineConfig) -> list:
+def _gfile():
+    import tensorflow as tf  # lazy: only remote data listings need it
+
+    return tf.io.gfile
+
+
+def _remote_listing(root: str) -> list:
+    """Names, sizes and modification times under a gs:// (or other gfile) root, like os.walk's."""
+    gfile = _gfile()
     listing = []
-    for entry in config.data:
+    for dirpath, dirnames, files in gfile.walk(root):
+        dirnames.sort()
+        for name in sorted(files):
+            path = dirpath.rstrip("/") + "/" + name
+            st = gfile.stat(path)
+            listing.append([path[len(root.rstrip("/")) + 1:], st.length, st.mtime_nsec])
+    return listing
+
+
+def data_listing(data: Sequence[str]) -> list:
+    """What ExampleGen's output depends on beyond its settings: every data file's relative name,
+    size and modification time, local or remote (a changed, added or removed file changes it)."""
+    listing: list = []
+    for entry in data:
         root = entry.partition(":")[2]
-        if "://" in root or not os.path.isdir(root):
-            listing.append(entry)
+        listing.append(entry)
+        if "://" in root:
+            listing.extend(_remote_listing(root))
+            continue
+        if not os.path.isdir(root):
             continue
         for dirpath, dirnames, files in os.walk(root):
             dirnames.sort()
@@ -43,15 +68,22 @@ def _data_listing(config: PipelineConfig) -> list:
     return listing
 
 
+def data_fingerprint(data: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(data_listing(data)).encode()).hexdigest()
+
+
 def fingerprint(stage: str, config: PipelineConfig, input_dirs: Sequence[str]) -> str:
-    settings = {k: v for k, v in json.loads(config.to_json()).items() if k not in _NEUTRAL_FIELDS}
+    """The stage name, the settings it reads (config.STAGE_FIELDS), its inputs' fingerprints and,
+    for ExampleGen, the data files' listing."""
+    values = json.loads(config.to_json())
+    settings = {k: values[k] for k in stage_fields(stage) if k not in _NEUTRAL_FIELDS}
     upstream = []
     for d in input_dirs:
         path = os.path.join(d, FINGERPRINT_FILE)
         upstream.append(open(path).read().strip() if os.path.exists(path) else f"unfingerprinted:{d}")
     payload = {"stage": stage, "settings": settings, "inputs": upstream}
     if stage == "example_gen":
-        payload["data"] = _data_listing(config)
+        payload["data"] = data_fingerprint(config.data)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
