@@ -44,6 +44,8 @@ def test_labels_patients_and_splits(tree):
     assert got == expected
     assert [(os.path.basename(e.path), e.reason) for e in exclusions] == [("person3_virus_15.jpeg", "finding:viral")]
     assert all(r.image_id == f"{SOURCE}:{os.path.relpath(r.path, tree)}" for r in records)
+    # No file carries an age, but the whole set is paediatric: the source declares it.
+    assert {(r.age, r.age_group) for r in records} == {("", "child")}
 
 
 def test_val_kept_apart_when_not_merged(tree):

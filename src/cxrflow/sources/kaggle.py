@@ -4,6 +4,9 @@ Pneumonia files name the patient and the cause (`person1_bacteria_1.jpeg`,
 `person1_virus_6.jpeg`); normal files are `IM-<patient>-<image>.jpeg` or, for the second
 batch, `NORMAL2-IM-<patient>-<image>.jpeg`. The shipped `val` folder holds 16 images, too few
 to steer early stopping, so by default it joins train and eval is carved by patient instead.
+
+Files carry no age, but the set is paediatric (ages 1-5, Guangzhou Women and Children's Medical
+Center): every record declares the age group `child`, so age confounding shows in the report.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ _PNEUMONIA_FILE = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
 _NORMAL_FILE = re.compile(r"^((?:normal2-)?im-\d+)-\d+", re.IGNORECASE)
 _CAUSES = {"bacteria": "bacterial", "virus": "viral"}
 _SPLITS = {"train": "train", "test": "test"}  # `val` depends on kaggle_merge_val
+AGE_GROUP = "child"  # the whole set is paediatric
 
 
 def parse_filename(class_folder: str, filename: str) -> tuple[str, str] | None:
@@ -65,4 +69,5 @@ class KaggleSource(SourceAdapter):
                 patient_id=f"{source}:{patient}",
                 source=source,
                 provided_split=splits[parts[0].lower()],
+                age_group=AGE_GROUP,
             )
