@@ -96,3 +96,83 @@ def test_label_for_name(name, class_map, expected):
 def test_bad_class_map_is_refused():
     with pytest.raises(ValueError, match="FOLDER=CLASS"):
         parse_class_map("covid")
+
+
+# --- patients: --patient-map and --patient-pattern ------------------------------------------
+
+
+def patient_tree(root: str) -> None:
+    for rel in ("covid/P001_1.png", "covid/P001_2.png", "train/normal/P002_1.png", "normal/scan7.png"):
+        write(os.path.join(root, *rel.split("/")), b"not read while listing")
+
+
+def patients(root: str, **options: str) -> dict[str, tuple[str, bool]]:
+    items = FolderSource(root, CLASSES, options).scan()
+    return {os.path.relpath(r.path, root): (r.patient_id.rpartition(":")[2], r.patient_known)
+            for r in items if isinstance(r, Record)}
+
+
+def test_without_patient_options_each_file_is_its_own_patient(tmp_path):
+    root = str(tmp_path / "site")
+    patient_tree(root)
+    assert patients(root) == {"covid/P001_1.png": ("P001_1", False), "covid/P001_2.png": ("P001_2", False),
+                              "train/normal/P002_1.png": ("P002_1", False), "normal/scan7.png": ("scan7", False)}
+
+
+@pytest.mark.parametrize("pattern", [r"^(P\d+)_", r"(?P<visit>_\d)|^(?P<patient>P\d+)", r"P\d+"])
+def test_patient_pattern(tmp_path, pattern):
+    root = str(tmp_path / "site")
+    patient_tree(root)
+    assert patients(root, patient_pattern=pattern) == {
+        "covid/P001_1.png": ("P001", True), "covid/P001_2.png": ("P001", True),
+        "train/normal/P002_1.png": ("P002", True),
+        "normal/scan7.png": ("scan7", False),  # no match: its own patient, counted in the report
+    }
+
+
+def test_patient_map_wins_over_the_pattern(tmp_path):
+    root = str(tmp_path / "site")
+    patient_tree(root)
+    csv_path = write(str(tmp_path / "patients.csv"),
+                     b"file,patient\n./covid/P001_1.png,alice\ncovid\\P001_2.png,alice\nnormal/scan7.png,bob\n")
+    assert patients(root, patient_map=csv_path, patient_pattern=r"^(P\d+)_") == {
+        "covid/P001_1.png": ("alice", True), "covid/P001_2.png": ("alice", True),  # ./ and \ normalised
+        "train/normal/P002_1.png": ("P002", True),  # not in the map: the pattern
+        "normal/scan7.png": ("bob", True),
+    }
+    assert patients(root, patient_map=csv_path)["train/normal/P002_1.png"] == ("P002_1", False)
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    (b"name,patient\na.png,1\n", "columns file,patient"),
+    (b"file,patient\ncovid/a.png,1\ncovid/a.png,2\n", "two patients"),
+])
+def test_bad_patient_map_is_refused(tmp_path, text, match):
+    root = str(tmp_path / "site")
+    patient_tree(root)
+    with pytest.raises(ValueError, match=match):
+        patients(root, patient_map=write(str(tmp_path / "p.csv"), text))
+
+
+def test_bad_patient_pattern_is_refused(tmp_path):
+    root = str(tmp_path / "site")
+    patient_tree(root)
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        patients(root, patient_pattern="(P\\d+")
+
+
+def test_ingest_report_says_how_each_source_was_split(tmp_path):
+    from cxrflow.config import PipelineConfig
+    from cxrflow.stages.example_gen import run_example_gen
+    from tests.source_trees import image_bytes
+
+    named, bare = str(tmp_path / "named"), str(tmp_path / "bare")
+    for i, label in enumerate(CLASSES * 4):
+        # Two films per patient in `named`; `bare`'s files name no patient; one `named` file misses the pattern.
+        name = f"P{i // 2}_{i % 2}.png" if i != 11 else "odd.png"
+        write(os.path.join(named, label, name), image_bytes(label, 1500 + i, size=48))
+        write(os.path.join(bare, label, f"img{i}.png"), image_bytes(label, 1600 + i, size=48))
+    config = PipelineConfig(data=(f"folders:{named}", f"folders:{bare}"), patient_pattern=r"^(P\d+)_", min_recall=())
+    report = run_example_gen(config, str(tmp_path / "examples"))
+    unit = {name: (s["split_unit"], s["images_without_patient"]) for name, s in report["sources"].items()}
+    assert unit == {"folders:named": ("patient", 1), "folders:bare": ("image", 12)}

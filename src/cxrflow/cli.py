@@ -36,7 +36,12 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--views", type=_csv, default=PipelineConfig.views,
                    help="views to keep where metadata names them (default: frontal PA,AP,AP Supine,AP Erect)")
     p.add_argument("--class-map", default="", help="FOLDER=CLASS,... folder-name overrides")
-    p.add_argument("--finding-map", default="", help="IEEE FINDING_PREFIX=CLASS,... overrides")
+    p.add_argument("--finding-map", default="",
+                   help="[KIND:]FINDING_PREFIX=CLASS,... overrides for metadata findings, e.g. nih:Pneumonia=bacterial")
+    p.add_argument("--patient-map", default="", metavar="CSV",
+                   help="folders sources: a CSV with columns file,patient (file relative to the source root)")
+    p.add_argument("--patient-pattern", default="", metavar="REGEX",
+                   help="folders sources: the patient from the file name (group `patient`, else the first group)")
     p.add_argument("--kaggle-val-as-eval", action="store_true",
                    help="use Kaggle's val folder as eval instead of merging it into train")
     p.add_argument("--eval-fraction", type=float, default=0.15, help="share of train patients carved out for eval")
@@ -76,6 +81,7 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--min-macro-recall", type=float, default=0.8)
     p.add_argument("--min-recall", default="covid=0.9", help="CLASS=VALUE,... recall floors for blessing")
     p.add_argument("--seed", type=int, default=42)
+    _add_shortcut_flags(p)
     p.add_argument("--base-image", default="python:3.11-slim", help="container image for every KFP task")
     p.add_argument("--trainer-accelerator", default="", help="e.g. NVIDIA_TESLA_T4")
     p.add_argument("--trainer-gpus", type=int, default=0)
@@ -85,6 +91,22 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--task-memory", default="")
     p.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                    help="passed to every Beam stage, e.g. --beam-arg=--runner=DataflowRunner")
+
+
+def _add_shortcut_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lungs-hidden-fraction", type=float, default=PipelineConfig.lungs_hidden_fraction,
+                   help="share of width and height hidden at the centre for the lungs-hidden test")
+    p.add_argument("--lungs-hidden-margin", type=float, default=PipelineConfig.lungs_hidden_margin,
+                   help="warn when macro recall with the lungs hidden is this far above chance or more")
+    p.add_argument("--probe-margin", type=float, default=PipelineConfig.probe_margin,
+                   help="warn when the file-traits probe comes this close to the model's macro recall")
+    p.add_argument("--probe-max-macro-recall", type=float, default=PipelineConfig.probe_max_macro_recall,
+                   help="warn when the file-traits probe's macro recall exceeds this")
+
+
+def _shortcut_knobs(args: argparse.Namespace) -> dict:
+    return {"lungs_hidden_fraction": args.lungs_hidden_fraction, "lungs_hidden_margin": args.lungs_hidden_margin,
+            "probe_margin": args.probe_margin, "probe_max_macro_recall": args.probe_max_macro_recall}
 
 
 def _min_recall(text: str) -> tuple[tuple[str, float], ...]:
@@ -104,7 +126,7 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         data=tuple(_absolute_data(d) for d in args.data), classes=tuple(args.classes), views=tuple(args.views),
         class_map=args.class_map, finding_map=args.finding_map, kaggle_merge_val=not args.kaggle_val_as_eval,
         eval_fraction=args.eval_fraction, test_fraction=args.test_fraction, max_image_pixels=args.max_pixels,
-        test_source=args.test_source,
+        test_source=args.test_source, patient_map=_absolute(args.patient_map), patient_pattern=args.patient_pattern,
         ingest_cache=_absolute(args.ingest_cache),
         image_size=args.image_size, normalization=args.normalization,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
@@ -118,7 +140,7 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         min_recall=min_recall, seed=args.seed, base_image=args.base_image, beam_args=tuple(args.beam_arg),
         trainer_resources=Resources(args.trainer_cpu, args.trainer_memory, args.trainer_accelerator,
                                     args.trainer_gpus),
-        default_resources=Resources(args.task_cpu, args.task_memory),
+        default_resources=Resources(args.task_cpu, args.task_memory), **_shortcut_knobs(args),
     )
 
 
@@ -132,7 +154,14 @@ def _absolute_data(entry: str) -> str:
     return f"{kind}:{_absolute(path)}" if sep else entry
 
 
+def _f(value, width: int) -> str:
+    """A metric right-aligned to `width`; "-" where it is undefined (a class absent from the data)."""
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.3f}"
+
+
 def print_metrics(metrics: dict) -> None:
+    from cxrflow.report.shortcut import summary_lines
+
     classes = metrics["classes"]
     print(f"\nTest split: n={metrics['n']}  accuracy={metrics['accuracy']:.3f}  "
           f"macro recall={metrics['macro_recall']:.3f}")
@@ -140,16 +169,18 @@ def print_metrics(metrics: dict) -> None:
     for name in classes:
         m = metrics["per_class"][name]
         auc = "-" if m["auc"] is None else f"{m['auc']:.3f}"
-        print(f"{name:<12}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['specificity']:>10.3f}"
-              f"{m['f1']:>8.3f}{auc:>8}{m['support']:>9}")
+        print(f"{name:<12}{_f(m['precision'], 10)}{_f(m['recall'], 10)}{_f(m['specificity'], 10)}"
+              f"{_f(m['f1'], 8)}{auc:>8}{m['support']:>9}")
     print("confusion matrix (rows true, columns predicted):")
     width = max(len(c) for c in classes) + 2
     print(" " * width + "".join(f"{c:>{width}}" for c in classes))
     for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
         print(f"{name:<{width}}" + "".join(f"{v:>{width}}" for v in row))
+    print(*summary_lines(metrics, with_warnings=False), sep="\n")  # the warnings block lists the warnings
 
 
 def _finish_run(output: str) -> None:
+    from cxrflow.console import LOGS_DIR, warnings_block
     from cxrflow.io_utils import read_json
 
     print_metrics(read_json(os.path.join(output, "metrics.json")))
@@ -159,7 +190,11 @@ def _finish_run(output: str) -> None:
     push = read_json(push_path) if os.path.exists(push_path) else {"pushed": False}
     print(f"pushed version {push['version']} to {push['path']}" if push.get("pushed")
           else f"nothing pushed: {push.get('reason', 'see blessing')}")
-    print(f"results in {output}/: report.html, metrics.json, slices.json, ingest_report.json and the pictures")
+    warnings = warnings_block(output)
+    if warnings:
+        print(f"\nwarnings ({len(warnings)}):", *warnings, sep="\n  ")
+    print(f"results in {output}/: report.html, metrics.json, slices.json, ingest_report.json and the pictures; "
+          f"stage logs in {os.path.join(output, LOGS_DIR)}/")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -176,7 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         serving_dir=os.path.join(output, "serving"), seed=args.seed,
     )
     print(f"running the pipeline locally through kfp.local into {output} ...", flush=True)
-    run_pipeline_locally(config, output, force=args.force, resume=args.resume)
+    run_pipeline_locally(config, output, force=args.force, resume=args.resume, verbose=args.verbose)
     _finish_run(output)
     return 0
 
@@ -186,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     output = os.path.abspath(args.output)
     config = config_from_args(args, output)
-    run_pipeline_locally(config, output, force=args.force, resume=args.resume)
+    run_pipeline_locally(config, output, force=args.force, resume=args.resume, verbose=args.verbose)
     _finish_run(output)
     return 0
 
@@ -198,6 +233,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     report = run_example_gen(config, os.path.abspath(args.output))
     for source, s in report["sources"].items():
         print(f"{source}: {s['rows']} rows, kept {s['kept']}, excluded {s['excluded']}")
+        if s.get("split_unit") == "image":
+            print(f"{source}: split by image, not by patient (no patient ids: see --patient-map, --patient-pattern)")
+        elif s.get("images_without_patient"):
+            print(f"{source}: {s['images_without_patient']} images without a patient, each split as its own patient")
     print(f"duplicates removed: {report['duplicates_removed']}; patient overlap: {report['patient_overlap']}")
     for split, counts in report["splits"].items():
         print(f"{split:>5}: {counts}")
@@ -211,6 +250,29 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"ingest cache: {cache['reused']} checks reused, {cache['decoded']} images decoded"
               + (f", unreadable cache files {bad}" if bad else ""))
     print(f"report: {os.path.join(args.output, 'ingest_report.json')}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cxrflow.external import run_external_evaluation
+    from cxrflow.report.shortcut import warnings
+
+    output = os.path.abspath(args.output)
+    metrics = run_external_evaluation(
+        _absolute(args.model), [_absolute_data(d) for d in args.data], output, label=args.label,
+        model_name=args.model_name, force=args.force, views=tuple(args.views), class_map=args.class_map,
+        finding_map=args.finding_map, batch_size=args.batch_size, seed=args.seed,
+        beam_args=tuple(args.beam_arg), **_shortcut_knobs(args))
+    external = metrics["external"]
+    print(f"external evaluation of {external['model_dir']} (trained on: {external['trained_on_text']})")
+    print_metrics(metrics)
+    absent = metrics.get("classes_absent") or []
+    if absent:
+        print(f"not in this data: {', '.join(absent)} (no recall, and no AUC where a class has no negatives)")
+    found = warnings(metrics)
+    if found:
+        print(f"\nwarnings ({len(found)}):", *found, sep="\n  ")
+    print(f"results in {output}/: report.html, metrics.json, slices.json, ingest_report.json and the pictures")
     return 0
 
 
@@ -285,6 +347,8 @@ def _add_rerun_flags(p: argparse.ArgumentParser) -> None:
     again.add_argument("--force", action="store_true", help="start over in an output dir with a finished run")
     again.add_argument("--resume", action="store_true",
                        help="rerun in an output dir with a finished run, reusing its unchanged stages")
+    p.add_argument("--verbose", action="store_true",
+                   help="also stream everything the stages print (kept in OUTPUT/logs/<stage>.log either way)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +393,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also write OUT_DIR/<image stem>_gradcam.png per predicted image (needs --model)")
     pred.set_defaults(func=cmd_predict)
 
+    ev = sub.add_parser("evaluate", help="score an existing model on any dataset (external validation; no training)")
+    ev.add_argument("--model", required=True, help="a SavedModel dir, or a serving dir (its newest version is used)")
+    ev.add_argument("--data", action="append", required=True, metavar="KIND:PATH", help="a dataset (repeatable)")
+    ev.add_argument("--output", required=True)
+    ev.add_argument("--label", default="", metavar="CLASS",
+                    help="the class of images lying directly in a folders: root (a flat folder of one class)")
+    ev.add_argument("--model-name", default="cxrflow", help="the model's name inside a serving dir")
+    ev.add_argument("--views", type=_csv, default=PipelineConfig.views, help="views to keep where metadata names them")
+    ev.add_argument("--class-map", default="", help="FOLDER=CLASS,... folder-name overrides")
+    ev.add_argument("--finding-map", default="", help="[KIND:]FINDING_PREFIX=CLASS,... overrides for findings")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--seed", type=int, default=42, help="seeds the bootstrap CIs")
+    ev.add_argument("--beam-arg", action="append", default=[], metavar="ARG")
+    ev.add_argument("--force", action="store_true", help="redo an evaluation already in --output")
+    _add_shortcut_flags(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
     report = sub.add_parser("report", help="(re)build report.html from a finished run's output dir")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run's --output dir (holds metrics.json)")
     report.set_defaults(func=cmd_report)
@@ -346,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from cxrflow.config import ConfigError
+    from cxrflow.console import StageFailed
     from cxrflow.runs import RunExists
 
     args = build_parser().parse_args(argv)
@@ -357,6 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
         print(f"cxrflow: error: {message}", file=sys.stderr)
         return 2
+    except StageFailed as e:  # the console has named the stage; its log holds the traceback
+        if os.environ.get("CXRFLOW_DEBUG"):
+            raise
+        print(f"cxrflow: failed: {e}", file=sys.stderr)
+        return 1
     except Exception as e:  # a failed pipeline task (kfp.local), a stage, or something unforeseen
         if os.environ.get("CXRFLOW_DEBUG"):
             raise

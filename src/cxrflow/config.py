@@ -58,7 +58,11 @@ class PipelineConfig:
     # alone would be a shortcut. AP and AP Supine hold half of the public COVID films.
     views: tuple[str, ...] = ("PA", "AP", "AP Supine", "AP Erect")
     class_map: str = ""  # "FOLDER=CLASS,..." overrides for folder names
-    finding_map: str = ""  # "FINDING_PREFIX=CLASS,..." overrides for IEEE findings
+    finding_map: str = ""  # "[KIND:]FINDING_PREFIX=CLASS,..." overrides for metadata findings (sources/findings.py)
+    # `folders` sources only: where each file's patient comes from; without either, each file is
+    # its own patient and the ingest report says the source was split by image.
+    patient_map: str = ""  # CSV with columns file,patient (file relative to the source root)
+    patient_pattern: str = ""  # regex on the file name: group `patient`, else the first group
     folder_label: str = ""  # the class of images lying directly in a `folders` root (cxrflow evaluate --label)
     kaggle_merge_val: bool = True  # Kaggle's 16-image val folder joins train
     eval_fraction: float = 0.15  # carved from train, by patient
@@ -214,6 +218,8 @@ class PipelineConfig:
             "class_map": self.class_map,
             "finding_map": self.finding_map,
             "label": self.folder_label,
+            "patient_map": self.patient_map,
+            "patient_pattern": self.patient_pattern,
             "kaggle_merge_val": "1" if self.kaggle_merge_val else "",
         }
 
@@ -229,7 +235,8 @@ class PipelineConfig:
 # (tests/test_pipeline_compile.py checks this, and that each stage's code reads only its own
 # fields); a field listed nowhere is passed to every stage, which is safe but defeats caching.
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
-    "example_gen": ("data", "classes", "views", "class_map", "finding_map", "folder_label", "kaggle_merge_val",
+    "example_gen": ("data", "classes", "views", "class_map", "finding_map", "folder_label", "patient_map",
+                    "patient_pattern", "kaggle_merge_val",
                     "eval_fraction", "test_fraction", "test_source", "max_image_pixels", "ingest_cache", "seed",
                     "beam_args", "work_dir"),
     "transform": ("classes", "image_size", "normalization", "resize_mode", "beam_args", "work_dir"),

@@ -13,13 +13,12 @@ import io
 import posixpath
 import re
 from collections.abc import Iterator
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
 
 from cxrflow.images import ImageRejected
-from cxrflow.sources.base import Exclusion, Record, SourceAdapter, list_files
+from cxrflow.sources.base import Exclusion, Record, SourceAdapter, list_files, open_binary
 from cxrflow.sources.folders import label_for_name, split_class_path
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
@@ -96,14 +95,6 @@ def dicom_to_png_bytes(data: bytes, max_pixels: int | None = None) -> bytes:
     return buf.getvalue()
 
 
-def _open(path: str) -> BinaryIO:
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.GFile(path, "rb")
-    return open(path, "rb")
-
-
 def read_header(path: str) -> dict[str, str]:
     """Patient, sex, age and view tags; empty when the header is unreadable.
 
@@ -113,7 +104,7 @@ def read_header(path: str) -> dict[str, str]:
     import pydicom
 
     try:
-        with _open(path) as f:
+        with open_binary(path) as f:
             ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
     except Exception:
         return {}
@@ -147,6 +138,7 @@ class DicomSource(SourceAdapter):
                 label=label,
                 patient_id=f"{source}:{patient}",
                 source=source,
+                patient_known=bool(header.get("PatientID")),
                 view=header.get("ViewPosition", ""),
                 sex=header.get("PatientSex", ""),
                 age=age_in_years(header.get("PatientAge", "")),

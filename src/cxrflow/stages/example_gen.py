@@ -8,9 +8,11 @@ or held in memory, so memory stays flat as the dataset grows, on any runner.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
@@ -136,9 +138,12 @@ def make_plan(
         if not r.patient_known and r.source in split_notes["split_methods"]:
             split_notes["split_methods"][r.source]["unit"] = "image (the source names no patient)"
 
-    sources: dict[str, dict] = defaultdict(lambda: {"rows": 0, "kept": Counter(), "excluded": Counter()})
+    sources: dict[str, dict] = defaultdict(
+        lambda: {"rows": 0, "kept": Counter(), "excluded": Counter(), "listed": 0, "no_patient": 0})
     for r in records:
         sources[r.source]["rows"] += 1
+        sources[r.source]["listed"] += 1
+        sources[r.source]["no_patient"] += not r.patient_known  # the file stands in for its patient
     skipped = []
     for e in exclusions:
         sources[e.source]["rows"] += 1
@@ -166,7 +171,10 @@ def make_plan(
 
     report = {
         "classes": list(config.classes),
-        "sources": {name: {"rows": s["rows"], "kept": dict(s["kept"]), "excluded": dict(s["excluded"])}
+        "sources": {name: {"rows": s["rows"], "kept": dict(s["kept"]), "excluded": dict(s["excluded"]),
+                           # "image" when no listed image names its patient; else the count that fell back.
+                           "split_unit": "image" if s["listed"] and s["no_patient"] == s["listed"] else "patient",
+                           "images_without_patient": s["no_patient"]}
                     for name, s in sorted(sources.items())},
         "duplicates_removed": len(duplicates),
         "duplicates": duplicates,
@@ -196,6 +204,15 @@ def write_examples(record: Record, plan: dict, max_pixels: int):
     data = _read(record.path)
     encoded = check_image(data, max_pixels).data if record.image_id in plan["reencode"] else data
     yield split, to_example(record, encoded, original=data)
+
+
+def _finalize(shards: list[tuple[str, str]], tmp_dir: str, output_dir: str, plan: dict) -> None:
+    """Moves the committed shards into Split-*/, then writes the report: a report on disk
+    means that every split's examples are in place."""
+    from cxrflow.stages import shard_writer  # lazy: imports Beam and TF
+
+    shard_writer.finalize(shards, tmp_dir, {s: split_dir(output_dir, s) for s in fk.SPLITS})
+    write_json_atomic(join(output_dir, REPORT_FILE), plan["report"])
 
 
 def _test_source(config: PipelineConfig, records: list[Record], exclusions: list[Exclusion]) -> str:
@@ -232,6 +249,8 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from cxrflow.stages import shard_writer  # lazy: imports Beam and TF
+
     records, exclusions = scan_sources(config)
     if not records:
         raise ValueError(f"no usable images found in {list(config.data)} for classes {list(config.classes)}")
@@ -241,6 +260,9 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
     # could not use, which a worker's rewrite of the same file must not hide.
     check_cache.load.cache_clear()  # a long-lived process must see what other runs added since
     unreadable_cache_files = check_cache.load(config.ingest_cache)[1] if config.ingest_cache else ()
+    # Workers write shards here; only the finalize step moves committed ones into Split-*/.
+    tmp_dir = join(output_dir, f".shards-{uuid.uuid4().hex}")
+    makedirs(tmp_dir)
     options = PipelineOptions(with_local_threads(beam_args or config.beam_args))
     progress.start("files checked", len(records), "files")  # the console's bar (progress.py)
     with beam.Pipeline(options=options) as p:
@@ -254,17 +276,13 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
         if config.ingest_cache:
             _ = checks | "RememberChecks" >> beam.Map(remember_checks, config.ingest_cache)
         plan = checks | "PlanSplits" >> beam.Map(make_plan, exclusions, records, config, unreadable_cache_files)
-        examples = recs | "ToExamples" >> beam.FlatMap(write_examples, beam.pvalue.AsSingleton(plan), max_pixels)
-        parts = examples | "BySplit" >> beam.Partition(lambda kv, n: fk.SPLITS.index(kv[0]), len(fk.SPLITS))
-        for split, part in zip(fk.SPLITS, parts, strict=True):
-            _ = (
-                part
-                | f"Values{split}" >> beam.Values()
-                | f"Write{split}" >> beam.io.WriteToTFRecord(
-                    join(split_dir(output_dir, split), "data"), file_name_suffix=".tfrecord"
-                )
-            )
-        _ = plan | "WriteReport" >> beam.Map(lambda pl: write_json_atomic(join(output_dir, REPORT_FILE), pl["report"]))
+        emit = functools.partial(write_examples, max_pixels=max_pixels)
+        _ = (
+            recs
+            | "WriteExamples" >> beam.ParDo(shard_writer.WriteShards(tmp_dir, emit), beam.pvalue.AsSingleton(plan))
+            | "CollectShards" >> beam.combiners.ToList()
+            | "Finalize" >> beam.Map(_finalize, tmp_dir, output_dir, beam.pvalue.AsSingleton(plan))
+        )
 
     progress.flush("files checked")
     from cxrflow.io_utils import read_json
