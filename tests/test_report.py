@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cxrflow import cli, runs
-from cxrflow.metrics import blessing_decision, metrics_from_probabilities
+from cxrflow.metrics import metrics_from_probabilities
 from cxrflow.report import REPORT_FILE, ROC_PNG, build_report
 from cxrflow.report.bootstrap import bootstrap_ci
 from cxrflow.report.plots import LINE_STYLES, MARKERS, plot_roc
@@ -55,10 +55,14 @@ def fake_run_dir(root, with_optional: bool = True) -> str:
         return str(root)
     write_json(os.path.join(root, "slices.json"), {"overall": metrics, f"source={EVIL}": metrics})
 
-    class Config:
-        min_macro_recall, min_recall, max_regression = 0.5, (("covid", 0.9),), 0.02
-
-    write_json(os.path.join(root, "blessing.json"), blessing_decision(metrics, Config, None))
+    covid = metrics["per_class"]["covid"]["recall"]
+    assert covid < 0.9  # the blessing below is NOT blessed because of it
+    write_json(os.path.join(root, "blessing.json"), {
+        "blessed": False, "rule": "bootstrap", "had_baseline": False,
+        "gated": {"macro_recall": metrics["macro_recall"], "recall:covid": covid},
+        "reasons": [f"macro_recall = {metrics['macro_recall']:.3f} >= 0.500", f"recall:covid = {covid:.3f} < 0.900",
+                    "no served baseline model: change threshold not applied (first push)"],
+    })
     write_json(
         os.path.join(root, "ingest_report.json"),
         {

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import CroniterError, croniter
+
 
 class DeployError(ValueError):
     """A deployment input is unusable or a service could not be reached; the message says which."""
@@ -73,35 +75,17 @@ def call_client(target: str, action: Callable[[], Any]) -> Any:
 
 
 # --- cron ------------------------------------------------------------------------------------
-_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 6))
-_CRON_ITEM = re.compile(r"(?P<base>\*|\d+(?:-\d+)?)(?:/(?P<step>\d+))?")
 _CRON_TZ = re.compile(r"(?:CRON_TZ|TZ)=(?P<zone>\S+)")
-
-
-def _cron_field(text: str, name: str, low: int, high: int, cron: str) -> None:
-    def bad(why: str) -> DeployError:
-        return DeployError(f"bad cron {cron!r}: {name} field {text!r} {why}")
-
-    if not re.fullmatch(r"[\d*/,-]+", text):
-        raise bad("may only hold digits, '*', '/', '-' and ','")
-    for item in text.split(","):
-        match = _CRON_ITEM.fullmatch(item)
-        if not match:
-            raise bad(f"has a malformed item {item!r} (expected *, N, N-M, optionally /STEP)")
-        if match["step"] is not None and int(match["step"]) < 1:
-            raise bad("has a step of 0")
-        if match["base"] == "*":
-            continue
-        first, _, last = match["base"].partition("-")
-        lo, hi = int(first), int(last or first)
-        if not (low <= lo <= high and low <= hi <= high):
-            raise bad(f"is out of range {low}-{high}")
-        if lo > hi:
-            raise bad(f"has a reversed range {item!r}")
+# croniter also takes extensions that neither KFP's scheduler (robfig/cron) nor Vertex AI's
+# (unix-cron) knows: `?`, `L`, `W`, `#`, `H` and @-macros. Names (MON, JAN) are fine for both.
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,-]+")
+_CRON_EXTENSION = re.compile(r"(?i)(?:^|[^A-Z])(?:L|W|H)(?:$|[^A-Z])")
+_REVERSED_RANGE = re.compile(r"(?<![\d/])(\d+)-(\d+)")
 
 
 def validate_cron(cron: str, *, allow_timezone: bool = False) -> str:
-    """A standard 5-field cron (`minute hour day-of-month month day-of-week`), single-spaced.
+    """A standard 5-field cron (`minute hour day-of-month month day-of-week`), single-spaced,
+    checked by croniter (ranges, steps, and MON/JAN-style names).
 
     With `allow_timezone`, a leading `TZ=Area/City` or `CRON_TZ=Area/City` (Vertex AI's syntax)
     is kept after checking the zone name.
@@ -119,12 +103,22 @@ def validate_cron(cron: str, *, allow_timezone: bool = False) -> str:
         except (ZoneInfoNotFoundError, ValueError):
             raise DeployError(f"bad cron {cron!r}: unknown time zone {tz['zone']!r}") from None
         prefix, parts = [parts[0]], parts[1:]
-    if len(parts) != len(_CRON_FIELDS):
+    if len(parts) != 5:
         raise DeployError(
             f"bad cron {cron!r}: expected 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
         )
-    for text, (name, low, high) in zip(parts, _CRON_FIELDS, strict=True):
-        _cron_field(text, name, low, high, cron)
+    for text in parts:
+        if not _CRON_FIELD.fullmatch(text) or _CRON_EXTENSION.search(text):
+            raise DeployError(f"bad cron {cron!r}: field {text!r} may hold only numbers, names (MON, JAN), "
+                              "'*', '/', '-' and ',' (KFP and Vertex AI take no ?, L, W, # or H)")
+        for first, last in _REVERSED_RANGE.findall(text):
+            if int(first) > int(last):  # croniter wraps these around; KFP's scheduler refuses them
+                raise DeployError(f"bad cron {cron!r}: field {text!r} has a reversed range {first}-{last}")
+    expression = " ".join(parts)
+    try:
+        croniter(expression)
+    except (CroniterError, ValueError) as exc:
+        raise DeployError(f"bad cron {cron!r}: {exc}") from None
     return " ".join(prefix + parts)
 
 

@@ -17,16 +17,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrflow import features as fk
+from cxrflow import progress
 from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import join, write_json_atomic
-from cxrflow.metrics import blessing_decision, metrics_from_confusion, metrics_from_probabilities
+from cxrflow.metrics import metrics_from_confusion, metrics_from_probabilities
 from cxrflow.report import GRADCAM_PNG, ROC_PNG, TSNE_JSON, TSNE_PNG
 from cxrflow.report.bootstrap import bootstrap_ci
 from cxrflow.report.plots import plot_roc
+from cxrflow.stages.blessing import bless
 
 METRICS_FILE = "metrics.json"
 SLICES_FILE = "slices.json"
-BLESSING_FILE = "blessing.json"
 CONFUSION_PNG = "confusion_matrix.png"
 PREDICTIONS_DIR = "predictions"
 SLICE_FEATURES = (fk.LABEL_KEY, fk.SOURCE_KEY, fk.VIEW_KEY, fk.SEX_KEY, fk.AGE_GROUP_KEY)
@@ -44,7 +45,8 @@ def predict_split(model_dir: str, pattern: str, classes: Sequence[str], batch_si
         raise FileNotFoundError(f"no test examples match {pattern}")
     index = {c: i for i, c in enumerate(classes)}
     labels, probs, extras = [], [], {k: [] for k in spec if k != fk.IMAGE_KEY}
-    for batch in tf.data.TFRecordDataset(files).batch(batch_size):
+    batches = tf.data.TFRecordDataset(files).batch(batch_size)
+    for batch in progress.iterate(batches, "test pass: predictions", unit="batches"):
         raw = tf.io.parse_example(batch, spec)
         # serving_examples applies the model's recorded TTA views (config `tta`; 1 = off).
         out = model.signatures["serving_examples"](examples=batch)
@@ -79,7 +81,8 @@ def write_explanations(config: PipelineConfig, model_dir: str, pattern: str, lab
     spec = fk.raw_feature_spec((fk.IMAGE_KEY,))
     embeddings, encoded, seen = [], {}, 0
     # Same files in the same order as predict_split, so index i is the same image there.
-    for batch in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern))).batch(config.batch_size):
+    batches = tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern))).batch(config.batch_size)
+    for batch in progress.iterate(batches, "test pass: embeddings", unit="batches"):
         images = tf.io.parse_example(batch, spec)[fk.IMAGE_KEY]
         embeddings.append(model.signatures["embeddings"](images=images)["embedding"].numpy())
         for j, data in enumerate(images.numpy()):
@@ -185,16 +188,82 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: str) -> 
     os.replace(tmp, path)
 
 
-def run_evaluator(
-    config: PipelineConfig, model_dir: str, test_pattern: str, output_dir: str,
-    baseline_model_dir: str | None = None, beam_args: Sequence[str] = (),
-) -> dict:
-    """Evaluates on the test split; writes metrics.json (with patient-level bootstrap "ci95"),
-    slices.json, blessing.json, confusion_matrix.png, roc_curves.png, and the explanations
-    tsne.png, tsne.json and gradcam.png.
+def _defined_aucs(result: dict) -> dict[int, float]:
+    """TFMA's one-vs-rest AUCs, keeping only classes with both positives and negatives in the
+    slice: a class absent from a dataset (or the only class in it) has no ROC, so no AUC."""
+    cm = result["confusion"]
+    return {i: v for i, v in result["auc"].items() if 0 < cm[i].sum() < cm.sum()}
 
-    With `baseline_model_dir` (the model being served), the baseline is evaluated on the same
-    test examples, so the change threshold compares like with like.
+
+def age_group_metrics(labels: np.ndarray, probs: np.ndarray, extras: dict, classes: Sequence[str],
+                      seed: int) -> dict:
+    """Per age group: recall and specificity per class with patient-bootstrap 95% CIs.
+
+    Where age and class are confounded (every COVID film an adult, every normal one a child),
+    the overall recall hides the question that matters: is a healthy adult called COVID?
+    A class absent from a group has recall None, not 0.
+    """
+    groups = np.array([g or "(unknown)" for g in extras[fk.AGE_GROUP_KEY]])
+    patients = np.array(extras[fk.PATIENT_ID_KEY])
+    out = {}
+    for group in sorted(set(groups.tolist())):
+        mask = groups == group
+        m = metrics_from_probabilities(labels[mask], probs[mask], classes)
+        ci = bootstrap_ci(labels[mask], probs[mask], patients[mask], classes, seed=seed)
+        per_class = {}
+        for c in classes:
+            support, negatives = m["per_class"][c]["support"], int(mask.sum()) - m["per_class"][c]["support"]
+            per_class[c] = {
+                "support": support,
+                "recall": m["per_class"][c]["recall"] if support else None,
+                "recall_ci95": ci[c]["recall"],
+                "specificity": m["per_class"][c]["specificity"] if negatives else None,
+                "specificity_ci95": ci[c]["specificity"],
+            }
+        out[group] = {"n": int(mask.sum()), "macro_recall": m["macro_recall"], "per_class": per_class}
+    return out
+
+
+def shortcut_checks(config: PipelineConfig, model_dir: str, test_pattern: str, train_pattern: str | None,
+                    metrics: dict) -> dict:
+    """The trait probe and the lungs-hidden test (report/shortcut.py); a check that cannot run
+    says why instead of failing the evaluation."""
+    from cxrflow.report import shortcut
+
+    section: dict[str, dict] = {}
+    if not train_pattern:
+        section["trait_probe"] = {"skipped": "no train split here (external evaluation): nothing to fit a probe on"}
+    else:
+        try:
+            section["trait_probe"] = shortcut.trait_probe(
+                train_pattern, test_pattern, config.classes, metrics, config.seed,
+                config.probe_margin, config.probe_max_macro_recall)
+        except Exception as e:  # a check about the model must never withhold its metrics
+            section["trait_probe"] = {"skipped": f"failed: {type(e).__name__}: {e}"}
+    try:
+        section["lungs_hidden"] = shortcut.lungs_hidden(
+            model_dir, test_pattern, config.classes, config.image_size, config.lungs_hidden_fraction,
+            config.lungs_hidden_margin, metrics, config.tta, config.batch_size)
+    except Exception as e:
+        section["lungs_hidden"] = {"skipped": f"failed: {type(e).__name__}: {e}"}
+    for check in section.values():
+        if check.get("skipped"):
+            print(f"cxrflow: warning: shortcut check skipped: {check['skipped']}", file=sys.stderr)
+    section["warnings"] = shortcut.warnings({"shortcut": section})
+    return section
+
+
+def evaluate_model(
+    config: PipelineConfig, model_dir: str, test_pattern: str, output_dir: str,
+    train_pattern: str | None = None, beam_args: Sequence[str] = (), external: dict | None = None,
+) -> dict:
+    """Scores the model on the examples of `test_pattern`; writes metrics.json (with
+    patient-level bootstrap "ci95", per-age-group recall and the shortcut checks), slices.json,
+    confusion_matrix.png, roc_curves.png, and the explanations tsne.png, tsne.json and gradcam.png.
+
+    `train_pattern` feeds the trait probe. `external` (for `cxrflow evaluate`) is recorded in
+    metrics.json; then the recall and specificity of a class the data lacks are None, not 0.
+    Returns {"metrics", "labels", "probabilities"}.
     """
     import tensorflow_model_analysis as tfma
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -216,20 +285,23 @@ def run_evaluator(
     )
     results = read_tfma_results(tfma_dir, len(classes))
     overall = results["overall"]
-    metrics = metrics_from_confusion(overall["confusion"], classes, overall["auc"])
-    slices = {name: metrics_from_confusion(r["confusion"], classes, r["auc"]) for name, r in sorted(results.items())}
+    metrics = metrics_from_confusion(overall["confusion"], classes, _defined_aucs(overall))
+    slices = {name: metrics_from_confusion(r["confusion"], classes, _defined_aucs(r))
+              for name, r in sorted(results.items())}
     # Patient-level bootstrap CIs of per-class recall/specificity, beside TFMA's point estimates.
     metrics["ci95"] = bootstrap_ci(labels, probs, extras[fk.PATIENT_ID_KEY], classes, seed=config.seed)
-
-    baseline_metrics = None
-    if baseline_model_dir:
-        base_labels, base_probs, _ = predict_split(baseline_model_dir, test_pattern, classes, config.batch_size)
-        baseline_metrics = metrics_from_probabilities(base_labels, base_probs, classes)
-        baseline_metrics["model_dir"] = baseline_model_dir
-    blessing = blessing_decision(metrics, config, baseline_metrics)
+    metrics["by_age_group"] = age_group_metrics(labels, probs, extras, classes, config.seed)
+    metrics["classes_absent"] = [c for c in classes if metrics["per_class"][c]["support"] == 0]
+    metrics["shortcut"] = shortcut_checks(config, model_dir, test_pattern, train_pattern, metrics)
+    if external is not None:
+        metrics["external"] = external
+        for m in metrics["per_class"].values():  # undefined, not zero: there is nothing to recall
+            if m["support"] == 0:
+                m["recall"] = m["f1"] = None
+            if m["support"] == metrics["n"]:
+                m["specificity"] = None
     write_json_atomic(join(output_dir, METRICS_FILE), metrics)
     write_json_atomic(join(output_dir, SLICES_FILE), slices)
-    write_json_atomic(join(output_dir, BLESSING_FILE), blessing)
     plot_confusion(np.array(metrics["confusion_matrix"], dtype=float), classes, join(output_dir, CONFUSION_PNG))
     plot_roc(labels, probs, classes, join(output_dir, ROC_PNG))
     np.savez(join(pred_dir, "predictions.npz"), labels=labels, probabilities=probs,
@@ -238,4 +310,20 @@ def run_evaluator(
         write_explanations(config, model_dir, test_pattern, labels, probs, extras[fk.SOURCE_KEY], output_dir)
     except Exception as e:  # pictures for people: never withhold the metrics and blessing over them
         print(f"cxrflow: warning: t-SNE/Grad-CAM not written: {type(e).__name__}: {e}", file=sys.stderr)
-    return {"metrics": metrics, "blessing": blessing}
+    return {"metrics": metrics, "labels": labels, "probabilities": probs}
+
+
+def run_evaluator(
+    config: PipelineConfig, model_dir: str, test_pattern: str, output_dir: str,
+    baseline_model_dir: str | None = None, beam_args: Sequence[str] = (), train_pattern: str | None = None,
+) -> dict:
+    """evaluate_model, then the blessing (blessing.json).
+
+    With `baseline_model_dir` (the model being served), the baseline is evaluated on the same
+    test examples, so the change threshold compares like with like.
+    """
+    result = evaluate_model(config, model_dir, test_pattern, output_dir, train_pattern, beam_args)
+    # TFMA thresholds with the served model as baseline, plus the paired bootstrap (blessing.py).
+    blessing = bless(config, result["labels"], result["probabilities"], test_pattern, output_dir,
+                     baseline_model_dir, beam_args=beam_args)
+    return {"metrics": result["metrics"], "blessing": blessing}

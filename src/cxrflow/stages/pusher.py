@@ -2,9 +2,13 @@
 
 Versions are increasing integers. A version appears atomically: locally the model is copied to
 a hidden temporary dir and renamed into place; on object stores (gs://), where a rename is a
-copy, a `_SUCCESS` marker is written last and readers (including the Evaluator's baseline
-lookup) ignore versions without it. Hidden temporary dirs are not integers, so TF Serving
-never loads them.
+copy, TF Serving would load a version folder as soon as it holds `saved_model.pb`, so the
+variables, assets and everything else are copied first, `saved_model.pb` last, and a
+`_SUCCESS` marker after it; cxrflow's readers (the served-model resolver) ignore versions
+without the marker. Hidden temporary dirs are not integers, so TF Serving never loads them.
+
+The Pusher pushes what it is given: the pipeline runs it only under `dsl.If` on the
+Evaluator's `blessed` output (pipeline.py), so it never reads blessing.json itself.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import os
 import shutil
 import uuid
 
-from cxrflow.io_utils import is_remote, join, read_json
+from cxrflow.io_utils import is_remote, join
 
 SUCCESS_MARKER = "_SUCCESS"
+# What makes a folder a loadable SavedModel for TF Serving: copied after everything else.
+_LOADED_LAST = ("saved_model.pb", "saved_model.pbtxt")
 
 
 def _gfile():
@@ -43,14 +49,25 @@ def latest_model_dir(serving_dir: str, model_name: str) -> str | None:
     return join(serving_dir, model_name, str(versions[-1])) if versions else None
 
 
+def copy_order(src: str) -> list[str]:
+    """Relative file paths under `src` in push order: variables/, assets/ and the rest first,
+    the top-level saved_model.pb(txt) last, so no reader sees a graph without its weights."""
+    gfile = _gfile()
+    files = []
+    for dirpath, _, names in gfile.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        files.extend(name if rel == "." else f"{rel}/{name}" for name in sorted(names))
+    return sorted(files, key=lambda f: (f in _LOADED_LAST, f))
+
+
 def _copy_tree_remote(src: str, dst: str) -> None:
     gfile = _gfile()
-    for dirpath, _, files in gfile.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        target = dst if rel == "." else join(dst, rel)
-        gfile.makedirs(target)
-        for name in files:
-            gfile.copy(join(dirpath, name), join(target, name), overwrite=True)
+    if gfile.exists(dst):  # left by a push cut short (no _SUCCESS): start it again clean
+        gfile.rmtree(dst)
+    for rel in copy_order(src):
+        target = join(dst, rel)
+        gfile.makedirs(os.path.dirname(target) if "/" in rel else dst)
+        gfile.copy(join(src, rel), target, overwrite=True)
 
 
 def push(model_dir: str, serving_dir: str, model_name: str, keep: int = 0) -> dict:
@@ -90,19 +107,12 @@ def prune(serving_dir: str, model_name: str, keep: int) -> list[int]:
     return old
 
 
-def run_pusher(
-    model_dir: str, evaluation_dir: str, serving_dir: str, model_name: str, keep: int = 0, config=None
-) -> dict:
-    """Pushes only a blessed model; otherwise pushes nothing and says why.
+def run_pusher(model_dir: str, serving_dir: str, model_name: str, keep: int = 0, config=None) -> dict:
+    """Pushes the model (the pipeline calls this only for a blessed one).
 
     With `config.vertex_model`, the pushed version (which must be on gs://) is also registered
     in Vertex AI Model Registry and, with `config.vertex_endpoint`, deployed there.
     """
-    from cxrflow.stages.evaluator import BLESSING_FILE
-
-    blessing = read_json(join(evaluation_dir, BLESSING_FILE))
-    if not blessing["blessed"]:
-        return {"pushed": False, "reason": "model not blessed", "blessing_reasons": blessing["reasons"]}
     if not serving_dir:
         return {"pushed": False, "reason": "no serving_dir configured"}
     result = push(model_dir, serving_dir, model_name, keep)
