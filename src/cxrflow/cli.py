@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from cxrflow.config import (
+    BLESSING_RULES,
     DEFAULT_CLASSES,
     MODELS,
     RESAMPLE_MODES,
@@ -21,6 +22,7 @@ from cxrflow.config import (
     PipelineConfig,
     Resources,
 )
+from cxrflow.version import image_uri
 
 DEMO_OUTPUT = os.path.join("runs", "demo")
 
@@ -79,10 +81,16 @@ def _add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--vertex-region", default="")
     p.add_argument("--vertex-endpoint", default="", help="deploy the registered model to this Vertex endpoint")
     p.add_argument("--min-macro-recall", type=float, default=0.8)
+    p.add_argument("--max-regression", type=float, default=0.02,
+                   help="allowed drop of a gated metric against the served model")
+    p.add_argument("--blessing-rule", choices=BLESSING_RULES, default="bootstrap",
+                   help="judge a drop by a paired patient bootstrap (default) or by the point estimates")
     p.add_argument("--min-recall", default="covid=0.9", help="CLASS=VALUE,... recall floors for blessing")
     p.add_argument("--seed", type=int, default=42)
     _add_shortcut_flags(p)
-    p.add_argument("--base-image", default="python:3.11-slim", help="container image for every KFP task")
+    p.add_argument("--base-image", default="", help="container image for every KFP task (compile)")
+    p.add_argument("--registry", default="",
+                   help="compile against this version's image there: REGISTRY/cxrflow:<version>[-gpu]")
     p.add_argument("--trainer-accelerator", default="", help="e.g. NVIDIA_TESLA_T4")
     p.add_argument("--trainer-gpus", type=int, default=0)
     p.add_argument("--trainer-cpu", default="")
@@ -119,6 +127,14 @@ def _min_recall(text: str) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
+def _base_image(args: argparse.Namespace) -> str:
+    """--base-image, or this version's image in --registry (the GPU one when the Trainer gets GPUs,
+    as every task runs one image); "" when neither is given (compile then refuses)."""
+    if args.base_image or not args.registry:
+        return args.base_image
+    return image_uri(args.registry, "gpu" if args.trainer_gpus > 0 else "cpu")
+
+
 def config_from_args(args: argparse.Namespace, output_dir: str | None = None) -> PipelineConfig:
     serving_dir = args.serving_dir or (os.path.join(os.path.abspath(output_dir), "serving") if output_dir else "")
     min_recall = tuple((c, v) for c, v in _min_recall(args.min_recall) if c in args.classes)
@@ -137,7 +153,8 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         model_name=args.model_name, keep_versions=args.keep, vertex_model=args.vertex_model,
         vertex_project=args.vertex_project, vertex_region=args.vertex_region, vertex_endpoint=args.vertex_endpoint,
         min_macro_recall=args.min_macro_recall,
-        min_recall=min_recall, seed=args.seed, base_image=args.base_image, beam_args=tuple(args.beam_arg),
+        max_regression=args.max_regression, blessing_rule=args.blessing_rule,
+        min_recall=min_recall, seed=args.seed, base_image=_base_image(args), beam_args=tuple(args.beam_arg),
         trainer_resources=Resources(args.trainer_cpu, args.trainer_memory, args.trainer_accelerator,
                                     args.trainer_gpus),
         default_resources=Resources(args.task_cpu, args.task_memory), **_shortcut_knobs(args),
