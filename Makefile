@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench install clean chromium
+.PHONY: demo test test-fast lint bench quality install clean chromium
 
 $(STAMP): requirements.lock requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (Python 3.11): apt-get install python3.11 python3.11-venv"; exit 1; }
@@ -38,6 +38,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# Real-data quality: cxrflow's default vs a bare Keras script, seeds 1-3 at 224 px (bench/README.md).
+# Extra flags: make quality QUALITY_ARGS="--seeds 1 --epochs 5 --set weight_decay=0.05 --skip-baseline"
+quality: $(STAMP)
+	$(BIN)/python -m bench.quality $(QUALITY_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache
