@@ -160,9 +160,20 @@ def test_a_class_missing_from_a_shipped_test_split_still_gets_a_test_patient():
     images = [meta(i, f"a{i}", "a", ("train", "test")[i % 2], "folders:x") for i in range(40)]
     images += [meta(100 + i, f"b{i}", "b", "train", "folders:x") for i in range(10)]
     assignment, notes = assign_splits(images, ("a", "b"), 0.15, 0.15, seed=1)
-    # Not carvable for test (the source ships one); eval is carved by bucket as the source ships none.
-    train_b = sorted((m.patient_id for m in images if m.label == "b" and not 0.15 <= u(1, m.patient_id) < 0.3),
-                     key=lambda p: u(1, p))
+    # Not carvable for test (the source ships one); eval comes by bucket as the source ships none.
     splits = patient_splits(images, assignment)
+    train_b = sorted((p for p in splits if p.startswith("b") and splits[p] != "eval"), key=lambda p: u(1, p))
     assert [p for p in splits if p.startswith("b") and splits[p] == "test"] == [train_b[0]]
     assert {"patient_id": train_b[0], "class": "b", "split": "test"} in notes["fallback"]
+
+
+def test_each_source_of_a_class_gets_its_own_test_and_eval_patient():
+    """Adult bacterial films (IEEE) must reach test even when paediatric ones (Kaggle) already do."""
+    adults = patients_above(6, 0.3, 5, "adult")
+    images = [meta(i, f"kid{i}", "b", "train", "kaggle:k") for i in range(200)]
+    images += [meta(500 + i, p, "b", "", "ieee:i") for i, p in enumerate(adults)]
+    assignment, notes = assign_splits(images, ("a", "b"), 0.15, 0.15, seed=6)
+    by_u = sorted(adults, key=lambda p: u(6, p))
+    splits = patient_splits(images, assignment)
+    assert [splits[p] for p in by_u] == ["test", "eval", "train", "train", "train"]
+    assert [f["patient_id"] for f in notes["fallback"]] == by_u[:2]

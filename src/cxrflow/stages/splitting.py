@@ -153,9 +153,10 @@ def assign_splits(
     other sources' patients go to train or eval only (their own test splits included), so every
     test metric is external.
 
-    Fallback: a class with at least 3 patients that the buckets leave without a test (or eval)
-    patient gets its lowest-bucket carvable train patient moved there (or, when its sources
-    ship splits that lack the class, its lowest-bucket train patient). That rare move is the
+    Fallback: a class with at least 3 patients in a source that the buckets leave without a
+    test (or eval) patient from that source gets its lowest-bucket carvable train patient there
+    moved; then a class with none at all, from any source, gets one (when its sources ship
+    splits that lack the class, their lowest-bucket train patient). That rare move is the
     only assignment that can change as data grows (a later patient of that class may fill the
     split by its bucket, and the moved patient returns to train); `notes["fallback"]` lists it.
     Returns (assignment, notes for the report).
@@ -204,22 +205,30 @@ def assign_splits(
             p.split = "train"
 
     fallback = []
+
+    def fill(members: list[str], label: str, split: str, carved_only: bool) -> None:
+        """Moves the lowest-bucket train patient of `members` to `split` when none is there."""
+        if len(members) < 3 or any(patients[pid].split == split for pid in members):
+            return
+        train = [pid for pid in members if patients[pid].split == "train"]
+        # Carvable patients first; then (class level only), rather than no share at all, a
+        # patient its source put in train: moving it out of train cannot leak.
+        movable = [pid for pid in train if carvable(patients[pid], split)] or ([] if carved_only else [
+            pid for pid in train if patients[pid].source != test_source and not (split == "test" and test_source)])
+        if movable and len(train) >= 2:  # never empty the train split
+            pid = min(movable, key=lambda i: patients[i].u)
+            patients[pid].split = split
+            fallback.append({"patient_id": pid, "class": label, "split": split})
+
     for label in classes:
-        members = sorted((pid for pid, p in patients.items() if p.label == label), key=lambda i: patients[i].u)
-        if len(members) < 3:
-            continue
+        members = [pid for pid, p in patients.items() if p.label == label]
+        # Each source's share of a class first (IEEE's adult bacterial films must reach test,
+        # not only Kaggle's paediatric ones), then the class as a whole.
+        for source in sorted({patients[pid].source for pid in members}):
+            for split in ("test", "eval"):
+                fill([pid for pid in members if patients[pid].source == source], label, split, carved_only=True)
         for split in ("test", "eval"):
-            if any(patients[pid].split == split for pid in members):
-                continue
-            train = [pid for pid in members if patients[pid].split == "train"]
-            # Carvable patients first; then, rather than no test share at all, a patient its
-            # source put in train (moving it out of train cannot leak). Never the test source's.
-            movable = sorted((pid for pid in train if patients[pid].source != test_source
-                              and (split == "eval" or not test_source)),
-                             key=lambda pid: (not carvable(patients[pid], split), patients[pid].u))
-            if movable and len(train) >= 2:  # never empty the class's train split
-                patients[movable[0]].split = split
-                fallback.append({"patient_id": movable[0], "class": label, "split": split})
+            fill(members, label, split, carved_only=False)
 
     assignment = {i.image_id: patients[i.patient_id].split for i in images}
     methods = {}
