@@ -1,4 +1,3 @@
-import json
 import os
 
 import pytest
@@ -7,16 +6,17 @@ from cxrflow.stages import pusher
 
 
 def _model(tmp_path, name="m"):
+    """A SavedModel's layout: the graph, variables, assets and the extra assets."""
     d = tmp_path / name
     (d / "variables").mkdir(parents=True)
+    (d / "assets").mkdir()
+    (d / "assets.extra").mkdir()
     (d / "saved_model.pb").write_bytes(b"pb")
-    return str(d)
-
-
-def _evaluation(tmp_path, blessed):
-    d = tmp_path / f"eval-{blessed}"
-    d.mkdir()
-    (d / "blessing.json").write_text(json.dumps({"blessed": blessed, "reasons": ["macro_recall = 0.5 < 0.8"]}))
+    (d / "fingerprint.pb").write_bytes(b"fp")
+    (d / "variables" / "variables.index").write_bytes(b"index")
+    (d / "variables" / "variables.data-00000-of-00001").write_bytes(b"weights")
+    (d / "assets" / "vocab.txt").write_text("covid")
+    (d / "assets.extra" / "cxrflow_model.json").write_text("{}")
     return str(d)
 
 
@@ -24,17 +24,15 @@ def test_pushes_increasing_versions_and_prunes(tmp_path):
     serving = str(tmp_path / "serving")
     model = _model(tmp_path)
     for expected in (1, 2, 3):
-        result = pusher.run_pusher(model, _evaluation(tmp_path, True) if expected == 1 else str(tmp_path / "eval-True"),
-                                   serving, "cxr", keep=2)
+        result = pusher.run_pusher(model, serving, "cxr", keep=2)
         assert result["version"] == expected
     assert pusher.complete_versions(serving, "cxr") == [2, 3]
     assert os.path.exists(os.path.join(serving, "cxr", "3", "saved_model.pb"))
 
 
-def test_unblessed_model_pushes_nothing_and_says_why(tmp_path):
-    result = pusher.run_pusher(_model(tmp_path), _evaluation(tmp_path, False), str(tmp_path / "s"), "cxr")
-    assert result["pushed"] is False and "not blessed" in result["reason"]
-    assert not os.path.exists(tmp_path / "s")
+def test_without_a_serving_dir_nothing_is_pushed_and_says_why(tmp_path):
+    result = pusher.run_pusher(_model(tmp_path), "", "cxr")
+    assert result == {"pushed": False, "reason": "no serving_dir configured"}
 
 
 def test_a_failed_copy_leaves_no_version_behind(tmp_path, monkeypatch):
@@ -61,8 +59,7 @@ def test_blessed_push_is_registered_in_vertex_with_exact_arguments(tmp_path, mon
     monkeypatch.setattr(deploy, "upload_vertex_model", lambda path, **kw: calls.append((path, kw)) or "models/42")
     config = PipelineConfig(vertex_model="cxr", vertex_project="p", vertex_region="europe-west4",
                             vertex_endpoint="endpoints/7")
-    result = pusher.run_pusher(_model(tmp_path), _evaluation(tmp_path, True), str(tmp_path / "s"), "cxr",
-                               config=config)
+    result = pusher.run_pusher(_model(tmp_path), str(tmp_path / "s"), "cxr", config=config)
     assert result["vertex_model"] == "models/42"
     assert calls == [(result["path"], {"project": "p", "region": "europe-west4", "display_name": "cxr",
                                        "serving_image": config.vertex_serving_image, "endpoint": "endpoints/7"})]
@@ -74,7 +71,7 @@ def test_vertex_upload_of_a_local_push_is_a_clear_error(tmp_path):
 
     config = PipelineConfig(vertex_model="cxr", vertex_project="p", vertex_region="europe-west4")
     with pytest.raises(DeployError, match="gs://"):
-        pusher.run_pusher(_model(tmp_path), _evaluation(tmp_path, True), str(tmp_path / "s"), "cxr", config=config)
+        pusher.run_pusher(_model(tmp_path), str(tmp_path / "s"), "cxr", config=config)
 
 
 def test_object_store_push_writes_success_last_and_readers_honour_it(tmp_path):
@@ -90,3 +87,47 @@ def test_object_store_push_writes_success_last_and_readers_honour_it(tmp_path):
     tf.io.gfile.makedirs(f"{serving}/cxr/2/variables")
     assert pusher.complete_versions(serving, "cxr") == [1]
     assert pusher.latest_model_dir(serving, "cxr") == f"{serving}/cxr/1"
+
+
+def test_object_store_push_writes_the_graph_after_every_other_file(tmp_path, monkeypatch):
+    """TF Serving loads a version folder once saved_model.pb is there: on gs:// (ram:// here)
+    the weights and assets must be complete before it appears, and _SUCCESS comes last."""
+    import tensorflow as tf
+
+    model = _model(tmp_path)
+    written = []
+    real_copy, real_open = tf.io.gfile.copy, tf.io.gfile.GFile
+
+    def copy(src, dst, overwrite=False):
+        written.append(dst)
+        return real_copy(src, dst, overwrite=overwrite)
+
+    def gfile_open(name, mode="r"):
+        if "w" in mode:
+            written.append(name)
+        return real_open(name, mode)
+
+    monkeypatch.setattr(tf.io.gfile, "copy", copy)
+    monkeypatch.setattr(tf.io.gfile, "GFile", gfile_open)
+    serving = f"ram://{tmp_path.name}-order/serving"
+    pusher.push(model, serving, "cxr")
+    names = [w.split("/cxr/1/", 1)[1] for w in written]
+    # Every file of the model, each once; then the graph; then the marker.
+    local = sorted(os.path.relpath(os.path.join(d, f), model) for d, _, fs in os.walk(model) for f in fs)
+    assert sorted(names[:-1]) == local
+    assert names[-2:] == ["saved_model.pb", "_SUCCESS"]
+    assert names.index("saved_model.pb") > max(names.index(n) for n in local if n != "saved_model.pb")
+
+
+def test_a_cut_short_object_store_push_is_redone_clean(tmp_path):
+    import tensorflow as tf
+
+    serving = f"ram://{tmp_path.name}-redo/serving"
+    tf.io.gfile.makedirs(f"{serving}/cxr/1/variables")
+    with tf.io.gfile.GFile(f"{serving}/cxr/1/variables/stale.bin", "w") as f:
+        f.write("left by a killed push")
+    assert pusher.complete_versions(serving, "cxr") == []
+    result = pusher.push(_model(tmp_path), serving, "cxr")
+    assert result["version"] == 1
+    assert not tf.io.gfile.exists(f"{serving}/cxr/1/variables/stale.bin")
+    assert pusher.complete_versions(serving, "cxr") == [1]
