@@ -1,9 +1,10 @@
+"""metrics.py against scikit-learn: every number is recomputed there, never from our own output."""
+
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 
-from cxrflow.config import PipelineConfig
-from cxrflow.metrics import blessing_decision, metrics_from_confusion, metrics_from_probabilities
+from cxrflow.metrics import metrics_from_confusion, metrics_from_probabilities
 
 CLASSES = ("covid", "bacterial", "normal")
 
@@ -17,10 +18,7 @@ def hand_made():
     return labels, probs
 
 
-def test_metrics_match_scikit_learn_specificity_included(hand_made):
-    labels, probs = hand_made
-    m = metrics_from_probabilities(labels, probs, CLASSES)
-    pred = probs.argmax(1)
+def _check_against_sklearn(m: dict, labels, pred, probs=None):
     for i, name in enumerate(CLASSES):
         c = m["per_class"][name]
         assert c["precision"] == pytest.approx(precision_score(labels, pred, labels=[i], average="macro"))
@@ -28,30 +26,34 @@ def test_metrics_match_scikit_learn_specificity_included(hand_made):
         assert c["f1"] == pytest.approx(f1_score(labels, pred, labels=[i], average="macro"))
         # specificity = recall of the negative class in a one-vs-rest view
         assert c["specificity"] == pytest.approx(recall_score(labels != i, pred != i))
-        assert c["auc"] == pytest.approx(roc_auc_score(labels == i, probs[:, i]))
+        assert c["support"] == int((labels == i).sum())
+        if probs is not None:
+            assert c["auc"] == pytest.approx(roc_auc_score(labels == i, probs[:, i]))
     assert m["macro_recall"] == pytest.approx(recall_score(labels, pred, average="macro"))
     assert m["accuracy"] == pytest.approx((pred == labels).mean())
-    assert np.array(m["confusion_matrix"]).sum() == 200
+    assert m["confusion_matrix"] == confusion_matrix(labels, pred, labels=[0, 1, 2]).tolist()
 
 
-def test_tfma_confusion_path_equals_direct_path(hand_made):
+def test_metrics_from_probabilities_match_scikit_learn_specificity_included(hand_made):
     labels, probs = hand_made
-    direct = metrics_from_probabilities(labels, probs, CLASSES)
-    via_cm = metrics_from_confusion(direct["confusion_matrix"], CLASSES,
-                                    {i: direct["per_class"][c]["auc"] for i, c in enumerate(CLASSES)})
-    assert via_cm == direct
+    _check_against_sklearn(metrics_from_probabilities(labels, probs, CLASSES), labels, probs.argmax(1), probs)
 
 
-def _metrics(covid_recall, macro):
-    return {"macro_recall": macro, "per_class": {"covid": {"recall": covid_recall}}}
+def test_metrics_from_a_confusion_matrix_match_scikit_learn(hand_made):
+    """The Evaluator's path: TFMA hands over a confusion matrix (here sklearn's), not predictions."""
+    labels, probs = hand_made
+    pred = probs.argmax(1)
+    auc = {i: roc_auc_score(labels == i, probs[:, i]) for i in range(3)}
+    m = metrics_from_confusion(confusion_matrix(labels, pred, labels=[0, 1, 2]), CLASSES, auc)
+    _check_against_sklearn(m, labels, pred, probs)
 
 
-def test_blessing_thresholds_and_regression_gate():
-    config = PipelineConfig(min_recall=(("covid", 0.9),), min_macro_recall=0.8, max_regression=0.02)
-    first = blessing_decision(_metrics(0.95, 0.85), config, None)
-    assert first["blessed"] and any("first push" in r for r in first["reasons"])
-    assert not blessing_decision(_metrics(0.85, 0.85), config, None)["blessed"]
-    regressed = blessing_decision(_metrics(0.92, 0.85), config, _metrics(0.97, 0.85))
-    assert not regressed["blessed"]
-    improved = blessing_decision(_metrics(0.97, 0.9), config, _metrics(0.95, 0.85))
-    assert improved["blessed"]
+def test_a_class_without_support_is_left_out_of_macro_recall():
+    """A slice holding two classes: the absent class's recall is 0 but does not drag the mean."""
+    labels = np.array([0, 0, 0, 2, 2, 2, 2])
+    pred = np.array([0, 1, 0, 2, 2, 0, 2])
+    m = metrics_from_confusion(confusion_matrix(labels, pred, labels=[0, 1, 2]), CLASSES)
+    assert m["per_class"]["bacterial"]["support"] == 0
+    # sklearn's macro over the classes present: (2/3 + 3/4) / 2
+    assert m["macro_recall"] == pytest.approx(recall_score(labels, pred, labels=[0, 2], average="macro"))
+    assert m["macro_recall"] == pytest.approx((2 / 3 + 3 / 4) / 2)

@@ -1,7 +1,8 @@
-"""Clinical metrics from a confusion matrix, and the blessing decision.
+"""Clinical metrics from a confusion matrix.
 
 Pure functions over numbers, so they are tested against scikit-learn directly and reused by
-the Evaluator (on TFMA's confusion matrices), the CLI table and the report.
+the Evaluator (on TFMA's confusion matrices), the CLI table and the report. The blessing lives
+in stages/blessing.py (TFMA thresholds and a paired bootstrap).
 """
 
 from __future__ import annotations
@@ -69,38 +70,3 @@ def metrics_from_probabilities(labels, probabilities, classes: Sequence[str]) ->
         if 0 < positives.sum() < len(labels):
             auc[i] = float(roc_auc_score(positives, probs[:, i]))
     return metrics_from_confusion(cm, classes, auc)
-
-
-def gated_metrics(metrics: dict, min_recall: Sequence[tuple[str, float]]) -> dict[str, float]:
-    """The metrics the blessing looks at: macro recall and each gated class's recall."""
-    gated = {"macro_recall": metrics["macro_recall"]}
-    for name, _ in min_recall:
-        gated[f"recall:{name}"] = metrics["per_class"][name]["recall"]
-    return gated
-
-
-def blessing_decision(metrics: dict, config, baseline: dict | None) -> dict:
-    """Blesses when value thresholds hold and nothing regressed against the served model."""
-    reasons: list[str] = []
-    ok = True
-    thresholds = {"macro_recall": config.min_macro_recall, **{f"recall:{c}": v for c, v in config.min_recall}}
-    current = gated_metrics(metrics, config.min_recall)
-    for key, minimum in thresholds.items():
-        passed = current[key] >= minimum
-        ok &= passed
-        reasons.append(f"{key} = {current[key]:.3f} {'>=' if passed else '<'} {minimum:.3f}")
-    if baseline is None:
-        reasons.append("no served baseline model: change threshold not applied (first push)")
-    else:
-        previous = gated_metrics(baseline, config.min_recall)
-        for key, value in current.items():
-            if key not in previous:
-                continue
-            drop = previous[key] - value
-            passed = drop <= config.max_regression
-            ok &= passed
-            reasons.append(
-                f"{key} vs served model: {value:.3f} vs {previous[key]:.3f} "
-                f"({'within' if passed else 'exceeds'} allowed drop {config.max_regression:.3f})"
-            )
-    return {"blessed": bool(ok), "reasons": reasons, "gated": current, "had_baseline": baseline is not None}
