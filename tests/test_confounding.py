@@ -83,6 +83,11 @@ def test_classes_absent_from_a_split_or_the_data_are_said_plainly():
     assert "Class 'c' has no images in the data given" in "\n".join(report["warnings"])
     external = confounding_report(data[:2] + [("test", "b", "y", "")] + data[3:], ("a", "b"), test_source="y")
     assert "Class 'a' has no test images (the test source y holds none)" in "\n".join(external["warnings"])
+    assert "Class 'a' has only 1 train image(s) (y, the test source, holds the rest): too few to learn it." \
+        in external["warnings"]
+    plenty = confounding_report([("train", "a", "x", "")] * 10 + [("train", "b", "x", "")] * 9, ("a", "b"))
+    assert [w for w in plenty["warnings"] if "too few" in w] == [
+        "Class 'b' has only 9 train image(s): too few to learn it."]
 
 
 @pytest.mark.parametrize(("age", "declared", "group"), [

@@ -21,7 +21,7 @@ def test_source_slices_separate_sources(tmp_path):
     logits = rng.normal(size=(n, 3)) + np.eye(3)[labels] * np.where(sources == "kaggle", 3.0, 0.2)[:, None]
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     extras = {fk.LABEL_KEY: [CLASSES[i] for i in labels], fk.SOURCE_KEY: list(sources),
-              fk.VIEW_KEY: ["PA"] * n, fk.SEX_KEY: ["F"] * n, fk.AGE_GROUP_KEY: ["40-64"] * n,
+              fk.VIEW_KEY: ["PA"] * n, fk.SEX_KEY: ["F"] * n, fk.AGE_GROUP_KEY: ["adult"] * n,
               fk.PATIENT_ID_KEY: [f"p{i}" for i in range(n)]}
     path = str(tmp_path / "predictions.tfrecord")
     write_prediction_examples(path, labels, probs.astype(np.float32), extras)

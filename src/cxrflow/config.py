@@ -65,8 +65,8 @@ class PipelineConfig:
     patient_pattern: str = ""  # regex on the file name: group `patient`, else the first group
     folder_label: str = ""  # the class of images lying directly in a `folders` root (cxrflow evaluate --label)
     kaggle_merge_val: bool = True  # Kaggle's 16-image val folder joins train
-    eval_fraction: float = 0.15  # carved from train, by patient
-    test_fraction: float = 0.15  # used only when a source provides no test split
+    eval_fraction: float = 0.15  # share of a source's patients carved for eval where it ships no eval split
+    test_fraction: float = 0.15  # share of a source's patients carved for test where it ships no test split
     # External validation: every image of this source (full name `ieee:ieee` or kind `ieee`) is
     # the test split, and it never enters train or eval; "" = off (stages/splitting.py)
     test_source: str = ""

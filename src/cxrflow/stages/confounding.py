@@ -30,6 +30,8 @@ CRAMERS_V_WARN = 0.5
 # Warn when a class's age-group mix is this far (total variation) from the other classes':
 # 0.5 means at least half of the class would have to change group to match them.
 AGE_MIX_TV_WARN = 0.5
+# Warn when a class has fewer train images than this (e.g. --test-source took nearly all of it).
+MIN_TRAIN_IMAGES = 10
 
 # Bits per sample of PIL modes, for formats whose header PIL does not expose otherwise.
 _MODE_BITS = {"1": 1, "L": 8, "P": 8, "LA": 8, "PA": 8, "RGB": 8, "RGBA": 8, "RGBX": 8, "CMYK": 8,
@@ -158,6 +160,10 @@ def confounding_report(rows: Iterable[tuple[str, str, str, str]], classes: Seque
                    else f" (only the test source {test_source} holds it)" if test_source and "train" in missing
                    else " (fewer than 3 patients, or every one fixed by its source's own split)")
             warnings.append(f"Class '{c}' has no {' and no '.join(missing)} images{why}.")
+        if 0 < in_split["train"][c] < MIN_TRAIN_IMAGES:
+            held = f" ({test_source}, the test source, holds the rest)" if test_source else ""
+            warnings.append(f"Class '{c}' has only {in_split['train'][c]} train image(s){held}: "
+                            "too few to learn it.")
 
     return {
         "images": n,
