@@ -198,5 +198,11 @@ def test_lungs_hidden_warns_for_a_corner_marker_model_only(kind, warns, tmp_path
     else:
         assert result["macro_recall_lungs_hidden"] < 0.65
     shares = [v["gradcam_outside_share"] for v in result["per_class"].values()]
-    assert all(s is None or 0 <= s <= 1 for s in shares)
+    assert all(0 <= s <= 1 for s in shares)
+    # Grad-CAM, the second signal: the marker class's maps sit in the corner, the disc's in the centre.
+    assert ("gradcam_note" in result) == warns
+    if warns:
+        assert result["per_class"]["b"]["gradcam_outside_share"] > result["gradcam_flag_above"]
+    else:
+        assert max(shares) < result["gradcam_area_outside"]
     assert sum(v["gradcam_images"] for v in result["per_class"].values()) == 2 * shortcut.GRADCAM_PER_CLASS

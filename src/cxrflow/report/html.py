@@ -16,15 +16,18 @@ from collections.abc import Iterable, Sequence
 from html import escape
 
 from cxrflow.io_utils import write_text_atomic
-from cxrflow.report import GRADCAM_PNG, REPORT_FILE, ROC_PNG, TSNE_JSON, TSNE_PNG
+from cxrflow.report import GRADCAM_PNG, REPORT_FILE, ROC_PNG, TSNE_JSON, TSNE_PNG, shortcut_html
 from cxrflow.report.plots import roc_png_from_saved_predictions, training_curves_png
 
 CONFUSION_PNG = "confusion_matrix.png"
 SECTIONS = (
+    ("external", "External evaluation"),
     ("blessing", "Blessing decision"),
     ("data", "Data"),
     ("training", "Training"),
     ("metrics", "Test metrics"),
+    ("shortcut", "Shortcut checks: file traits and lungs hidden"),
+    ("age", "Recall within each age group"),
     ("slices", "Slices"),
     ("confusion", "Confusion matrix"),
     ("roc", "ROC curves"),
@@ -251,10 +254,15 @@ def render_report(run_dir: str) -> str:
     if not isinstance(metrics, dict):
         raise ValueError(note or "metrics.json has an unexpected layout")
     classes = [str(c) for c in metrics.get("classes", [])]
+    external = isinstance(metrics.get("external"), dict)
     bodies = {
-        "blessing": _blessing_section(run_dir),
+        "external": shortcut_html.external_section(metrics),
+        "shortcut": shortcut_html.shortcut_section(metrics),
+        "age": shortcut_html.age_section(metrics),
+        # An external evaluation trains nothing and blesses nothing.
+        "blessing": None if external else _blessing_section(run_dir),
+        "training": None if external else _training_section(run_dir),
         "data": _data_section(run_dir),
-        "training": _training_section(run_dir),
         "metrics": _metrics_section(metrics),
         "slices": _slices_section(run_dir, classes),
         "confusion": _png_section(run_dir, CONFUSION_PNG, "confusion matrix, counts and row-normalised"),
@@ -274,10 +282,9 @@ def render_report(run_dir: str) -> str:
     if isinstance(config, dict):
         facts = ", ".join(f"{k}: {config[k]}" for k in ("model", "image_size", "epochs", "seed") if k in config)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    toc = " | ".join(f'<a href="#{key}">{escape(title)}</a>' for key, title in SECTIONS)
-    sections = "".join(
-        f'<section id="{key}"><h2>{escape(title)}</h2>{bodies[key]}</section>' for key, title in SECTIONS
-    )
+    shown = [(key, title) for key, title in SECTIONS if bodies[key] is not None]
+    toc = " | ".join(f'<a href="#{key}">{escape(title)}</a>' for key, title in shown)
+    sections = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{bodies[key]}</section>' for key, title in shown)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>cxrflow report: {escape(os.path.basename(os.path.abspath(run_dir)))}</title>"

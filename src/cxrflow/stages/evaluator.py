@@ -295,11 +295,14 @@ def evaluate_model(
     metrics["shortcut"] = shortcut_checks(config, model_dir, test_pattern, train_pattern, metrics)
     if external is not None:
         metrics["external"] = external
-        for m in metrics["per_class"].values():  # undefined, not zero: there is nothing to recall
-            if m["support"] == 0:
+        predicted = np.array(metrics["confusion_matrix"]).sum(axis=0)
+        for i, m in enumerate(metrics["per_class"].values()):  # undefined, not zero
+            if m["support"] == 0:  # nothing to recall
                 m["recall"] = m["f1"] = None
-            if m["support"] == metrics["n"]:
+            if m["support"] == metrics["n"]:  # no negatives
                 m["specificity"] = None
+            if predicted[i] == 0:  # never predicted: no precision
+                m["precision"] = m["f1"] = None
     write_json_atomic(join(output_dir, METRICS_FILE), metrics)
     write_json_atomic(join(output_dir, SLICES_FILE), slices)
     plot_confusion(np.array(metrics["confusion_matrix"], dtype=float), classes, join(output_dir, CONFUSION_PNG))
