@@ -125,3 +125,19 @@ def test_test_source_through_example_gen(tmp_path, tiny_data):
         run_example_gen(config.replace(test_source="nih"), str(tmp_path / "bad"))
     with pytest.raises(ValueError, match="several sources"):
         run_example_gen(config.replace(test_source="folders"), str(tmp_path / "bad"))
+
+
+def test_cli_ingest_takes_test_source_and_prints_the_confounding_warnings(tmp_path, tiny_data, capsys):
+    from cxrflow.cli import main
+    from cxrflow.sample_data import write_sample_dataset
+
+    other = str(tmp_path / "other")
+    write_sample_dataset(other, per_class=3, classes=("covid",), render_size=64, size_range=(48, 64), seed=5)
+    code = main(["ingest", "--data", f"folders:{tiny_data}", "--data", f"folders:{other}",
+                 "--test-source", "folders:other", "--output", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "test split: every image of folders:other (external validation)" in printed
+    # The external source holds covid only: the run says so instead of failing.
+    assert "warning: Class 'bacterial' has no test images (the test source folders:other holds none)." in printed
+    assert "warning: Class 'covid' comes only" not in printed
