@@ -133,10 +133,6 @@ def make_plan(
     )
     reencode = {c["meta"].image_id for c in ok if c["reencoded"]}
     by_id = {r.image_id: r for r in records}
-    # A source that names no patient is split image by image: say so beside its split method.
-    for r in records:
-        if not r.patient_known and r.source in split_notes["split_methods"]:
-            split_notes["split_methods"][r.source]["unit"] = "image (the source names no patient)"
 
     sources: dict[str, dict] = defaultdict(
         lambda: {"rows": 0, "kept": Counter(), "excluded": Counter(), "listed": 0, "no_patient": 0})
