@@ -93,15 +93,15 @@ def list_set(root: str) -> list[str]:
 
 
 def describe(paths: list[str]) -> dict:
-    """Counts per encoding, megapixels and bytes: printed so a reader knows what was measured."""
+    """Counts per format and mode, megapixels and bytes: printed so a reader knows what was measured."""
     from PIL import Image
 
     mp, size, enc = [], 0, {}
     for p in paths:
         with Image.open(p) as im:
             mp.append(im.size[0] * im.size[1] / 1e6)
+            key = f"{im.format} {im.mode}"
         size += os.path.getsize(p)
-        key = os.path.basename(p).split("_", 1)[1].rsplit(".", 1)[0]
         enc[key] = enc.get(key, 0) + 1
     return {
         "images": len(paths),
@@ -111,3 +111,29 @@ def describe(paths: list[str]) -> dict:
         "mb_mean": round(size / len(paths) / 1e6, 2),
         "encodings": enc,
     }
+
+
+# The real development X-rays live beside the project's root and are never copied into the repo
+# (tests/conftest.py looks in the same places).
+REALDATA_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "realdata")
+REALDATA_SOURCES = ("kaggle", "ieee", "actualmed")  # each `<kind>:<root>/<kind>` whose adapter exists
+
+
+def realdata_root() -> tuple[str | None, str]:
+    """(root, "") of the real X-ray set, `$CXRFLOW_REALDATA` else `../shared/realdata`; (None,
+    why) when it is absent."""
+    root = os.path.abspath(os.environ.get("CXRFLOW_REALDATA") or REALDATA_DEFAULT)
+    if not os.path.isfile(os.path.join(root, "SOURCES.md")):
+        return None, f"real X-rays not found at {root}: set CXRFLOW_REALDATA or place them in ../shared/realdata"
+    return root, ""
+
+
+def realdata_entries(root: str) -> tuple[str, ...]:
+    """`--data` entries for the sources of the real set that cxrflow has an adapter for."""
+    from cxrflow.sources import ADAPTERS
+
+    return tuple(
+        f"{kind}:{os.path.join(root, kind)}"
+        for kind in REALDATA_SOURCES
+        if kind in ADAPTERS and os.path.isdir(os.path.join(root, kind))
+    )

@@ -1,23 +1,36 @@
 """Ingest benchmarks: ExampleGen (+ the TFT graph applied to its examples) against bare loops.
 
-- ingest_only: images/s of cxrflow's ExampleGen vs a bare loop that reads and sha256-hashes
-  the same files (the least any ingest must do: touch every byte once).
-- ingest_rerun_cached: the same, for a re-ingest of unchanged files with `--ingest-cache`
-  (no pixel decoding: the case of scheduled retraining on a mostly unchanged dataset).
+Each runs on two datasets: the synthetic pool (`--count` images of 1-3 MP, PNG 8/16-bit and
+JPEG) and the real X-rays in `../shared/realdata` (`_realdata` entries; JPEG-heavy, mixed
+sizes; skipped with the reason where absent). The bare sides get the same files ExampleGen
+reads (the records its source adapters list).
+
+- ingest_vs_decode: images/s of ExampleGen (every check and fingerprint, TFRecords written) vs a
+  bare decode of every file on every core, the way a user's script would do it, with the faster
+  of two decoders: `tf.data` (read_file -> decode_image, AUTOTUNE) and PIL (open + load) in a
+  thread pool of one thread per core.
+- ingest_rerun_cached: a re-ingest of unchanged files with `--ingest-cache` (no pixel decoding:
+  scheduled retraining on an unchanged dataset) vs a bare loop that reads each file, hashes it
+  with SHA-256 and writes its bytes to a TFRecord file.
+- ingest_only: ExampleGen vs a bare read + SHA-256 loop. Information only: it never decodes,
+  and a validating ingest must decode every pixel (bench/README.md).
 - ingest_transform: images/s of ExampleGen + applying the TFT graph (decode -> gray -> resize
   512 -> normalise, through trainer/data.transformed_dataset) vs bare tf.data (read file ->
-  decode_image -> rgb_to_grayscale -> resize 512 -> /255, AUTOTUNE).
+  decode_image -> rgb_to_grayscale -> resize 512 -> /255, AUTOTUNE). Synthetic pool only.
 - disk_per_1000_images: bytes the intermediate artifacts take (value only, no target).
 
-Files are read once before timing so both sides see a warm page cache; each side runs
-`reps` times and the best run counts (noise on a shared machine only ever slows a run down).
-Process CPU seconds are recorded too (`cpu_*` fields): less sensitive to other users' load.
+Files are read once before timing so both sides see a warm page cache. Sides alternate within
+each repetition and the best run of each counts (noise on a shared machine only ever slows a
+run down). Process CPU seconds and the machine's load average are recorded with each entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from bench import common, data
 from cxrflow import features as fk
@@ -31,6 +44,45 @@ def bare_hash(paths: list[str]) -> int:
         with open(p, "rb") as f:
             total += len(hashlib.sha256(f.read()).digest())
     return total
+
+
+def bare_hash_write(paths: list[str], out_path: str) -> int:
+    """Read, SHA-256 and append the bytes to one TFRecord file: what a cached re-ingest must do."""
+    import tensorflow as tf
+
+    n = 0
+    with tf.io.TFRecordWriter(out_path) as writer:
+        for p in paths:
+            with open(p, "rb") as f:
+                raw = f.read()
+            hashlib.sha256(raw).digest()
+            writer.write(raw)
+            n += 1
+    return n
+
+
+def bare_decode_tfdata(paths: list[str]) -> int:
+    import tensorflow as tf
+
+    def load(path):
+        return tf.shape(tf.io.decode_image(tf.io.read_file(path), expand_animations=False))
+
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return sum(1 for _ in ds.prefetch(tf.data.AUTOTUNE))
+
+
+def _pil_decode(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        img = Image.open(io.BytesIO(f.read()))
+        img.load()
+    return img.size
+
+
+def bare_decode_pil(paths: list[str]) -> int:
+    with ThreadPoolExecutor(common.cpu_count()) as pool:
+        return sum(1 for _ in pool.map(_pil_decode, paths))
 
 
 def bare_tfdata(paths: list[str], antialias: bool = False) -> int:
@@ -49,11 +101,11 @@ def bare_tfdata(paths: list[str], antialias: bool = False) -> int:
     return n
 
 
-def run_example_gen(root: str, out_name: str, ingest_cache: str = "") -> str:
+def run_example_gen(config, out_name: str) -> str:
     from cxrflow.stages.example_gen import run_example_gen as eg
 
     out = common.fresh_dir(out_name)
-    eg(common.config_for(root, ingest_cache=ingest_cache), out)
+    eg(config, out)
     return out
 
 
@@ -73,117 +125,159 @@ def apply_transform(examples_dir: str, transform_dir: str) -> int:
     return n
 
 
-def against_hash(clock: common.Clock, key: str, n: int, **extra) -> dict:
-    """A timed ExampleGen variant `key` against the bare read + sha256 loop, both best of reps."""
-    w, c = clock.best_wall, clock.best_cpu
-    return common.result(
-        n / w(key), n / w("hash"), 0.8, "images/s", True,
-        images=n,
-        example_gen_s=round(w(key), 3),
-        bare_hash_s=round(w("hash"), 3),
-        cpu_s_cxrflow=round(c(key), 3),
-        cpu_s_bare=round(c("hash"), 3),
-        cpu_efficiency_ratio=round(c("hash") / c(key), 4),
-        **extra,
-    )
+def skipped(why: str) -> dict:
+    """A results.json entry for a benchmark that could not run here, and why."""
+    return {"value": None, "baseline": None, "ratio": None, "target": 0.8, "ok": None, "unit": "images/s",
+            "skipped": why}
 
 
-def run(count: int, reps: int = 2) -> dict:
-    from cxrflow.stages.example_gen import split_pattern
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _dataset(name: str, config, clock: common.Clock, reps: int, transform: bool) -> dict:
+    """Times every side on one dataset; returns the entries (suffix `_<name>` unless synthetic)."""
+    from cxrflow.stages.example_gen import scan_sources, split_pattern
     from cxrflow.stages.transform import run_transform
 
-    common.quiet()
-    root = data.ensure_set(count)
-    paths = data.list_set(root)
-    print(f"[ingest] {data.describe(paths)}", flush=True)
+    paths = [r.path for r in scan_sources(config)[0]]
+    print(f"[ingest:{name}] {data.describe(paths)}", flush=True)
     bare_hash(paths)  # warm the page cache for everyone
-    bare_tfdata(paths[:4])  # build tf.data/TF kernels once
-
-    clock = common.Clock()
+    bare_decode_tfdata(paths[:4])  # build tf.data/TF kernels once
+    cache_config = dataclasses.replace(config, ingest_cache=common.fresh_dir(f"ingest_check_cache_{name}"))
+    run_example_gen(cache_config, f"ingest_examples_cached_{name}")  # fills the cache, untimed
+    load_start = _load()
     xf_dir = None
+
+    def k(side: str) -> str:
+        return f"{name}:{side}"
+
     for rep in range(reps):
-        clock.run("hash", bare_hash, paths)
-        clock.run("tfdata", bare_tfdata, paths)
-        clock.run("tfdata_aa", bare_tfdata, paths, True)
-        examples = clock.run("eg", run_example_gen, root, "ingest_examples")
-        # A re-ingest of unchanged files with the check cache (scheduled retraining): the cache
-        # is filled by an untimed run, so the timed one decodes nothing.
-        cache = common.fresh_dir("ingest_check_cache")
-        run_example_gen(root, "ingest_examples_cached", cache)
-        clock.run("eg_cached", run_example_gen, root, "ingest_examples_cached", cache)
-        if xf_dir is None:
-            xf_dir = common.fresh_dir("ingest_transform_graph")
-            cfg = common.config_for(root, image_size=IMAGE_SIZE)
-            clock.run("analyze", run_transform, cfg, split_pattern(examples, "train"), xf_dir)
-        n_xf = clock.run("apply", apply_transform, examples, xf_dir)
-        last = {k: round(v[-1], 2) for k, v in clock.wall.items()}
-        print(f"[ingest] rep {rep} wall s: {last} ({n_xf} examples)", flush=True)
+        # Alternate which side goes first, so that a burst of other work hurts both alike.
+        order = ["tfdata", "pil", "eg", "hash_write", "eg_cached", "hash"]
+        for side in order if rep % 2 == 0 else order[::-1]:
+            if side == "tfdata":
+                clock.run(k(side), bare_decode_tfdata, paths)
+            elif side == "pil":
+                clock.run(k(side), bare_decode_pil, paths)
+            elif side == "eg":
+                examples = clock.run(k(side), run_example_gen, config, f"ingest_examples_{name}")
+            elif side == "hash_write":
+                os.makedirs(common.fresh_dir(f"bare_{name}"))
+                target = os.path.join(common.WORK_DIR, f"bare_{name}", "all.tfrecord")
+                clock.run(k(side), bare_hash_write, paths, target)
+            elif side == "eg_cached":
+                clock.run(k(side), run_example_gen, cache_config, f"ingest_examples_cached_{name}")
+            else:
+                clock.run(k(side), bare_hash, paths)
+        if transform:
+            clock.run("tfdata_512", bare_tfdata, paths)
+            clock.run("tfdata_512_aa", bare_tfdata, paths, True)
+            if xf_dir is None:
+                xf_dir = common.fresh_dir("ingest_transform_graph")
+                cfg = dataclasses.replace(config, image_size=IMAGE_SIZE)
+                clock.run("analyze", run_transform, cfg, split_pattern(examples, "train"), xf_dir)
+            n_xf = clock.run("apply", apply_transform, examples, xf_dir)
+        last = {key.split(":")[-1]: round(v[-1], 2) for key, v in clock.wall.items() if key.startswith(f"{name}:")}
+        print(f"[ingest:{name}] rep {rep} wall s: {last} (load {_load()})", flush=True)
 
     n = len(paths)
     w, c = clock.best_wall, clock.best_cpu
+    loads = {"load_avg_1m_start": load_start, "load_avg_1m_end": _load(), "dataset": name, "images": n}
+    decoder = "tfdata" if w(k("tfdata")) <= w(k("pil")) else "pil"
+    suffix = "" if name == "synthetic" else f"_{name}"
     out = {
-        "ingest_only": against_hash(clock, "eg", n),
-        "ingest_rerun_cached": against_hash(
-            clock, "eg_cached", n,
-            note="ExampleGen with --ingest-cache over files an earlier run checked (no decoding); "
-            "ingest_only is the first ingest and the issue's measure",
+        f"ingest_vs_decode{suffix}": common.result(
+            n / w(k("eg")), n / w(k(decoder)), 0.8, "images/s", True,
+            bare_decoder=decoder,
+            bare_tfdata_images_per_s=round(n / w(k("tfdata")), 2),
+            bare_pil_threads_images_per_s=round(n / w(k("pil")), 2),
+            example_gen_s=round(w(k("eg")), 3),
+            bare_decode_s=round(w(k(decoder)), 3),
+            cpu_s_cxrflow=round(c(k("eg")), 3),
+            cpu_s_bare=round(c(k(decoder)), 3),
+            **loads,
         ),
-        "ingest_transform": common.result(
-            n / (w("eg") + w("apply")),
-            n / w("tfdata"),
-            0.8,
-            "images/s",
-            True,
-            images=n,
-            example_gen_s=round(w("eg"), 3),
-            apply_tft_s=round(w("apply"), 3),
-            apply_tft_only_images_per_s=round(n_xf / w("apply"), 3),
-            bare_tfdata_s=round(w("tfdata"), 3),
-            bare_antialias_images_per_s=round(n / w("tfdata_aa"), 3),
-            transform_analyze_s_not_counted=round(w("analyze"), 3),
-            cpu_s_cxrflow=round(c("eg") + c("apply"), 3),
-            cpu_s_apply_tft=round(c("apply"), 3),
-            cpu_s_bare=round(c("tfdata"), 3),
-            cpu_s_bare_antialias=round(c("tfdata_aa"), 3),
-            cpu_efficiency_ratio=round(c("tfdata") / (c("eg") + c("apply")), 4),
+        f"ingest_rerun_cached{suffix}": common.result(
+            n / w(k("eg_cached")), n / w(k("hash_write")), 0.8, "images/s", True,
+            example_gen_cached_s=round(w(k("eg_cached")), 3),
+            bare_read_hash_write_s=round(w(k("hash_write")), 3),
+            cpu_s_cxrflow=round(c(k("eg_cached")), 3),
+            cpu_s_bare=round(c(k("hash_write")), 3),
+            **loads,
+        ),
+        f"ingest_only{suffix}": common.result(
+            n / w(k("eg")), n / w(k("hash")), None, "images/s", True,
+            ratio_info_only=round(w(k("hash")) / w(k("eg")), 4),
+            note="information only: the bare side reads and hashes, it never decodes",
+            bare_read_hash_s=round(w(k("hash")), 3),
+            **loads,
         ),
     }
-    example_bytes = common.dir_bytes(examples)
-    raw_bytes = sum(os.path.getsize(p) for p in paths)
-    graph_bytes = common.dir_bytes(xf_dir)
-    out["disk_per_1000_images"] = common.result(
-        round((example_bytes / n * 1000 + graph_bytes) / 1e6, 2),
-        None,
-        None,
-        "MB per 1000 images",
-        True,
-        examples_mb_per_1000=round(example_bytes / n * 1000 / 1e6, 2),
-        transform_graph_mb_total=round(graph_bytes / 1e6, 3),
-        raw_input_mb_per_1000=round(raw_bytes / n * 1000 / 1e6, 2),
-        materialised_float32_512_mb_per_1000=round(IMAGE_SIZE * IMAGE_SIZE * 4 * 1000 / 1e6, 2),
-    )
+    if transform:
+        out["ingest_transform"] = common.result(
+            n / (w(k("eg")) + w("apply")), n / w("tfdata_512"), 0.8, "images/s", True,
+            example_gen_s=round(w(k("eg")), 3),
+            apply_tft_s=round(w("apply"), 3),
+            apply_tft_only_images_per_s=round(n_xf / w("apply"), 3),
+            bare_tfdata_s=round(w("tfdata_512"), 3),
+            bare_antialias_images_per_s=round(n / w("tfdata_512_aa"), 3),
+            transform_analyze_s_not_counted=round(w("analyze"), 3),
+            cpu_s_cxrflow=round(c(k("eg")) + c("apply"), 3),
+            cpu_s_bare=round(c("tfdata_512"), 3),
+            **loads,
+        )
+        example_bytes = common.dir_bytes(examples)
+        raw_bytes = sum(os.path.getsize(p) for p in paths)
+        graph_bytes = common.dir_bytes(xf_dir)
+        out["disk_per_1000_images"] = common.result(
+            round((example_bytes / n * 1000 + graph_bytes) / 1e6, 2), None, None, "MB per 1000 images", True,
+            examples_mb_per_1000=round(example_bytes / n * 1000 / 1e6, 2),
+            transform_graph_mb_total=round(graph_bytes / 1e6, 3),
+            raw_input_mb_per_1000=round(raw_bytes / n * 1000 / 1e6, 2),
+            materialised_float32_512_mb_per_1000=round(IMAGE_SIZE * IMAGE_SIZE * 4 * 1000 / 1e6, 2),
+        )
     return out
 
 
-def _per_image(root: str) -> None:
-    """ExampleGen's per-image work without Beam: pass one (check) and pass two (example)."""
-    from cxrflow.sources import adapter_for
-    from cxrflow.stages.example_gen import check_record, to_example
+def run(count: int, reps: int = 2, transform: bool = True) -> dict:
+    common.quiet()
+    clock = common.Clock()
+    out = _dataset("synthetic", common.config_for(data.ensure_set(count)), clock, reps, transform)
+    root, why = data.realdata_root()
+    if root is None:
+        print(f"[ingest] realdata skipped: {why}", flush=True)
+        for name in REALDATA_ENTRIES:
+            out[name] = skipped(why)
+        return out
+    from cxrflow.config import PipelineConfig
 
-    config = common.config_for(root)
-    adapter = adapter_for(config.data[0], config.classes, config.source_options())
-    for record in adapter.scan():
+    out.update(_dataset("realdata", PipelineConfig(data=data.realdata_entries(root)), clock, reps, False))
+    return out
+
+
+REALDATA_ENTRIES = ("ingest_vs_decode_realdata", "ingest_rerun_cached_realdata", "ingest_only_realdata")
+
+
+def _per_image(config) -> None:
+    """ExampleGen's per-image work without Beam: pass one (check) and pass two (example)."""
+    from cxrflow.stages.example_gen import check_record, scan_sources, to_example
+
+    for record in scan_sources(config)[0]:
         check_record(record, config.max_image_pixels)
         with open(record.path, "rb") as f:
             to_example(record, f.read())
 
 
 def profile(count: int) -> None:
-    """cProfile of a whole ExampleGen run, of its per-image work alone, and of the TFT apply."""
+    """cProfile of whole ExampleGen runs (synthetic and real files) and of its per-image work."""
     common.quiet()
-    root = data.ensure_set(count)
-    print("[ingest] profiles:", common.profile("example_gen", run_example_gen, root, "ingest_examples_prof"))
-    print("[ingest] profiles:", common.profile("example_gen_per_image", _per_image, root))
-    examples = os.path.join(common.WORK_DIR, "ingest_examples")
-    xf_dir = os.path.join(common.WORK_DIR, "ingest_transform_graph")
-    print("[ingest] profiles:", common.profile("apply_tft", apply_transform, examples, xf_dir))
+    configs = {"synthetic": common.config_for(data.ensure_set(count))}
+    root, _ = data.realdata_root()
+    if root is not None:
+        from cxrflow.config import PipelineConfig
+
+        configs["realdata"] = PipelineConfig(data=data.realdata_entries(root))
+    for name, config in configs.items():
+        print("[ingest] profiles:", common.profile(f"example_gen_{name}", run_example_gen, config, f"prof_{name}"))
+        print("[ingest] profiles:", common.profile(f"example_gen_per_image_{name}", _per_image, config))

@@ -2,9 +2,9 @@
 
     python -m bench.run_all [--count N] [--only NAME] [--reps R] [--no-profile]
 
-NAME is a benchmark (ingest_only, ingest_rerun_cached, ingest_transform, disk_per_1000_images, trainer,
-serving_p50_single, serving_p50_batch16, peak_rss_ratio_4x) or a group (ingest, trainer,
-serving, rss). Entries of benchmarks not run keep their earlier values in results.json.
+NAME is a benchmark (ingest_vs_decode, ingest_rerun_cached, ingest_only, ingest_transform, disk_per_1000_images,
+their `_realdata` twins, trainer, serving_p50_single, serving_p50_batch16, peak_rss_ratio_4x) or a group
+(ingest, trainer, serving, rss). Entries of benchmarks not run keep their earlier values in results.json.
 When a target is missed, the group is run once more under cProfile and the top functions are
 written to bench/_data/profiles/<name>.txt.
 """
@@ -19,7 +19,10 @@ import time
 import warnings
 
 GROUPS = {
-    "ingest": ("ingest_only", "ingest_rerun_cached", "ingest_transform", "disk_per_1000_images"),
+    "ingest": (
+        "ingest_vs_decode", "ingest_rerun_cached", "ingest_only", "ingest_transform", "disk_per_1000_images",
+        "ingest_vs_decode_realdata", "ingest_rerun_cached_realdata", "ingest_only_realdata",
+    ),
     "trainer": ("trainer",),
     "serving": ("serving_p50_single", "serving_p50_batch16"),
     "rss": ("peak_rss_ratio_4x",),
@@ -41,7 +44,7 @@ def _run_group(group: str, args) -> dict:
         from bench import ingest
 
         out = ingest.run(args.count, reps=args.reps)
-        if args.profile and not all(out[k]["ok"] for k in ("ingest_only", "ingest_transform")):
+        if args.profile and not all(v["ok"] in (True, None) for v in out.values()):
             ingest.profile(args.count)
         return out
     if group == "trainer":
@@ -80,11 +83,14 @@ def _git_tree() -> str:
 
 
 def _fmt(entry: dict) -> str:
+    if entry.get("skipped"):
+        return f"skipped: {entry['skipped']}"
     if entry.get("target_kind") == "max_absolute":
         verdict = "ok" if entry["ok"] else "MISS"
         return f"{entry['value']:>10.2f} {entry['unit']:<20} (absolute target <= {entry['target']})  {verdict}"
     if entry.get("ratio") is None:
-        return f"{entry['value']:>10.2f} {entry['unit']:<20} (recorded, no target)"
+        info = f", ratio {entry['ratio_info_only']:.3f} for information" if "ratio_info_only" in entry else ""
+        return f"{entry['value']:>10.2f} {entry['unit']:<20} (recorded, no target{info})"
     sign = ">=" if entry.get("target_kind") == "min" else "<="
     verdict = "ok" if entry["ok"] else "MISS"
     return (
@@ -124,7 +130,7 @@ def main(argv=None) -> int:
         for name in GROUPS[group]:
             if name in results:
                 print(f"  {name:<22} {_fmt(results[name])}")
-    missed = [n for g in groups for n in GROUPS[g] if n in results and not results[n]["ok"]]
+    missed = [n for g in groups for n in GROUPS[g] if n in results and results[n]["ok"] is False]
     if missed:
         print(f"missed targets: {', '.join(missed)} (see bench/README.md)")
     return 0
