@@ -9,7 +9,7 @@ import pytest
 
 from cxrflow import deploy
 from cxrflow.deploy import DeployError
-from tests.deploy_fakes import HOST, SECRET, fake_kfp_client
+from tests.deploy_fakes import HOST, SECRET, Recorder, fake_kfp_client
 
 
 # --- import hygiene --------------------------------------------------------------------------
@@ -109,17 +109,13 @@ def test_kfp_connection_failures_become_redacted_deploy_errors(package, rec, hos
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
 
-def test_schedule_kfp_failure_in_recurring_run_is_redacted(package):
-    class Failing:
-        def __init__(self, **kwargs):
-            pass
-
-        def create_experiment(self, **kwargs):
-            raise ConnectionError(f"connection reset; token={SECRET}")
-
+def test_schedule_kfp_failure_in_recurring_run_is_redacted(package, rec):
+    failing = fake_kfp_client(rec)
+    failing.return_value.create_experiment.side_effect = ConnectionError(f"connection reset; token={SECRET}")
     with pytest.raises(DeployError, match="could not reach") as info:
-        deploy.schedule_kfp(package, HOST, cron="0 3 * * *", client_factory=Failing)
+        deploy.schedule_kfp(package, HOST, cron="0 3 * * *", client_factory=failing)
     assert SECRET not in str(info.value)
+    assert rec.names() == ["Client", "create_experiment"]
 
 
 def test_kfp_input_errors(package, tmp_path, rec):
@@ -140,10 +136,19 @@ def test_kfp_input_errors(package, tmp_path, rec):
 def test_deploy_error_always_redacts_and_long_reasons_are_cut(package):
     assert SECRET not in str(DeployError(f"x token={SECRET}"))
 
-    class Chatty:
-        def __init__(self, **kwargs):
-            raise RuntimeError("<html>" + "x" * 5000)
-
+    chatty = fake_kfp_client(Recorder(), fail=RuntimeError("<html>" + "x" * 5000))
     with pytest.raises(DeployError) as info:
-        deploy.submit_kfp(package, HOST, client_factory=Chatty)
+        deploy.submit_kfp(package, HOST, client_factory=chatty)
     assert len(str(info.value)) < 600 and str(info.value).endswith("...")
+
+
+def test_the_kfp_fake_has_the_sdks_signatures(rec):
+    """What makes the tests above able to fail: an argument kfp.Client does not take is refused."""
+    client_cls = fake_kfp_client(rec)
+    with pytest.raises(TypeError):
+        client_cls(hostname=HOST)
+    client = client_cls(host=HOST)
+    with pytest.raises(TypeError):
+        client.create_run_from_pipeline_package(pipeline_file="p.yaml", params={})  # it is arguments
+    with pytest.raises(TypeError):
+        client.create_recurring_run(experiment_id="e", job_name="j", cron="0 0 3 * * *")  # cron_expression

@@ -173,7 +173,7 @@ def test_upload_vertex_model_deploys_to_endpoint(rec, monkeypatch):
     assert rec.kwargs("Endpoint") == {"endpoint_name": "projects/p/locations/europe-west4/endpoints/42"}
     deployed = rec.kwargs("deploy")
     assert deployed["machine_type"] == "n1-standard-2" and deployed["traffic_percentage"] == 100
-    assert isinstance(deployed["endpoint"], fake.Endpoint)
+    assert deployed["endpoint"] is fake.Endpoint.return_value
 
 
 def test_upload_vertex_model_input_errors_and_failures(rec, monkeypatch):
@@ -184,11 +184,24 @@ def test_upload_vertex_model_input_errors_and_failures(rec, monkeypatch):
         deploy.upload_vertex_model("gs://bkt/m", **{**MODEL, "serving_image": ""})
     assert rec.calls == []
 
-    class Broken:
-        @classmethod
-        def upload(cls, **kwargs):
-            raise PermissionError(f"403 on https://storage.googleapis.com/b?X-Goog-Signature={SECRET}")
-
+    broken = fake_aiplatform(Recorder()).Model
+    broken.upload.side_effect = PermissionError(f"403 on https://storage.googleapis.com/b?X-Goog-Signature={SECRET}")
     with pytest.raises(DeployError, match="could not reach Vertex AI") as info:
-        deploy.upload_vertex_model("gs://bkt/m", **MODEL, model_factory=Broken)
+        deploy.upload_vertex_model("gs://bkt/m", **MODEL, model_factory=broken)
     assert SECRET not in str(info.value)
+
+
+def test_the_fakes_have_the_sdks_signatures(rec):
+    """What makes the tests above able to fail: an argument the SDK does not take is refused."""
+    fake = fake_aiplatform(rec)
+    with pytest.raises(TypeError):
+        fake.PipelineJob(display_name="x", template_path="p.yaml", enable_cache=True)  # it is enable_caching
+    with pytest.raises(TypeError):
+        fake.PipelineJob(display_name="x").submit(service_acount="sa")  # template_path is required
+    job = fake.PipelineJob(display_name="x", template_path="p.yaml")
+    with pytest.raises(TypeError):
+        job.create_schedule(cron="0 3 * * *", display_name="s", max_concurrent_runs=1)
+    with pytest.raises(TypeError):
+        fake.Model.upload(display_name="m", artifact_uri="gs://b/m", serving_image="img")
+    with pytest.raises(TypeError):
+        fake.init(project="p", region="us-central1")  # it is location
