@@ -26,6 +26,8 @@ HEADLINE_FILES = {
     "tsne.png": ("evaluator", "evaluation"),
     "tsne.json": ("evaluator", "evaluation"),
     "gradcam.png": ("evaluator", "evaluation"),
+    "gallery.json": ("evaluator", "evaluation"),
+    "gallery": ("evaluator", "evaluation"),  # a folder: the gallery's pictures
     "ingest_report.json": ("example-gen", "examples"),
     "push.json": ("pusher", "pushed"),
     "training_summary.json": ("trainer", "model_run"),
@@ -58,7 +60,9 @@ def prepare_output(output_dir: str, force: bool = False, resume: bool = False) -
     # report.html too: a stale report from the previous run must not outlive a failed rebuild.
     for name in (*HEADLINE_FILES, REPORT_FILE):
         path = os.path.join(output_dir, name)
-        if os.path.exists(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
             os.remove(path)
     os.makedirs(output_dir, exist_ok=True)
 
@@ -78,9 +82,15 @@ def collect_outputs(output_dir: str) -> dict[str, str]:
         src = os.path.join(run, task, artifact, name)
         if name == "push.json" and not os.path.exists(src):  # not blessed: the dsl.Else task wrote it
             src = os.path.join(run, "push-skipped", artifact, name)
-        if os.path.exists(src):
-            dst = os.path.join(output_dir, name)
-            tmp = dst + ".tmp"
+        dst = os.path.join(output_dir, name)
+        tmp = dst + ".tmp"
+        if os.path.isdir(src):  # a folder is replaced whole: no mix of two runs' pictures
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            shutil.rmtree(dst, ignore_errors=True)
+            os.replace(tmp, dst)
+            copied[name] = dst
+        elif os.path.exists(src):
             shutil.copyfile(src, tmp)
             os.replace(tmp, dst)
             copied[name] = dst

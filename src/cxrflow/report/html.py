@@ -17,6 +17,7 @@ from html import escape
 
 from cxrflow.io_utils import write_text_atomic
 from cxrflow.report import GRADCAM_PNG, REPORT_FILE, ROC_PNG, TSNE_JSON, TSNE_PNG, shortcut_html
+from cxrflow.report.gallery import gallery_section
 from cxrflow.report.plots import roc_png_from_saved_predictions, training_curves_png
 
 CONFUSION_PNG = "confusion_matrix.png"
@@ -30,6 +31,7 @@ SECTIONS = (
     ("age", "Recall within each age group"),
     ("slices", "Slices"),
     ("confusion", "Confusion matrix"),
+    ("gallery", "Error gallery: the mistakes themselves"),
     ("roc", "ROC curves"),
     ("tsne", "t-SNE of the test embeddings: disease or dataset?"),
     ("gradcam", "Grad-CAM: where the model looked"),
@@ -266,6 +268,7 @@ def render_report(run_dir: str) -> str:
         "metrics": _metrics_section(metrics),
         "slices": _slices_section(run_dir, classes),
         "confusion": _png_section(run_dir, CONFUSION_PNG, "confusion matrix, counts and row-normalised"),
+        "gallery": gallery_section(run_dir),
         "roc": _png_section(
             run_dir,
             ROC_PNG,

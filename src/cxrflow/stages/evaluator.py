@@ -23,6 +23,7 @@ from cxrflow.io_utils import join, write_json_atomic
 from cxrflow.metrics import metrics_from_confusion, metrics_from_probabilities
 from cxrflow.report import GRADCAM_PNG, ROC_PNG, TSNE_JSON, TSNE_PNG
 from cxrflow.report.bootstrap import bootstrap_ci
+from cxrflow.report.gallery import write_gallery
 from cxrflow.report.plots import plot_roc
 from cxrflow.stages.blessing import bless
 
@@ -313,6 +314,7 @@ def evaluate_model(
         write_explanations(config, model_dir, test_pattern, labels, probs, extras[fk.SOURCE_KEY], output_dir)
     except Exception as e:  # pictures for people: never withhold the metrics and blessing over them
         print(f"cxrflow: warning: t-SNE/Grad-CAM not written: {type(e).__name__}: {e}", file=sys.stderr)
+    write_gallery(config, model_dir, test_pattern, labels, probs, extras, output_dir)  # report's error gallery
     return {"metrics": metrics, "labels": labels, "probabilities": probs}
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from cxrflow import progress
 from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import write_json_atomic
 
@@ -122,6 +123,7 @@ def run_fn(fn_args: FnArgs) -> dict:
             keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "logs"), update_freq="epoch"),
             keras.callbacks.CSVLogger(os.path.join(fn_args.model_run_dir, f"history_{phase['name']}.csv"),
                                       append=True),
+            progress.keras_callback(phase["epochs"], f"epochs ({phase['name']})"),  # the console's epoch bar
         ]
         fit = model.fit(
             train_ds, epochs=phase["epochs"], steps_per_epoch=steps_per_epoch, validation_data=eval_ds,
