@@ -52,7 +52,8 @@ def test_a_confounded_set_is_counted_and_flagged():
     # c vs a+b (child 5, adult 6, unknown 4 of 15): 0.5 (|0.6 - 1/3| + 0 + 4/15) = 4/15
     assert report["age_mix_distance"] == pytest.approx({"a": 0.8, "b": 0.8, "c": 4 / 15}, abs=1e-4)
     text = "\n".join(report["warnings"])
-    assert "Class 'a' comes only from source ieee" in text and "Class 'b' comes only from source kaggle" in text
+    assert "Class 'a' comes only from source ieee in train" in text
+    assert "Class 'b' comes only from source kaggle in train" in text
     assert "Class 'c' comes only" not in text
     assert "Class 'a' has a different age mix" in text and "Class 'b' has a different age mix" in text
     assert "Class 'c' has a different age mix" not in text
@@ -67,6 +68,15 @@ def test_an_unconfounded_set_raises_no_warning():
     assert report["single_source_classes"] == {}
     assert report["warnings"] == []
     assert report["absent_from_split"] == {}
+
+
+def test_single_source_classes_are_judged_on_train():
+    # Two sources for 'a' overall, but the external test source holds one of them.
+    data = [("train", "a", "x", "")] * 12 + [("test", "a", "y", "")] * 5
+    data += [("train", "b", "x", "")] * 6 + [("train", "b", "z", "")] * 6 + [("test", "b", "y", "")] * 5
+    report = confounding_report(data, ("a", "b"), test_source="y")
+    assert report["single_source_classes"] == {"a": "x"}
+    assert report["class_by_source"]["a"] == {"x": 12, "y": 5}
 
 
 def test_one_source_flags_no_class_and_has_no_cramers_v():

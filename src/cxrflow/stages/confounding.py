@@ -114,10 +114,13 @@ def confounding_report(rows: Iterable[tuple[str, str, str, str]], classes: Seque
     by_source: dict[str, Counter] = defaultdict(Counter)
     by_age_source: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     in_split: dict[str, Counter] = defaultdict(Counter)
+    train_sources: dict[str, set[str]] = defaultdict(set)
     n = 0
     for split, label, source, group in rows:
         n += 1
         by_source[label][source] += 1
+        if split == "train":
+            train_sources[label].add(source)
         by_age_source[label][group or UNKNOWN][source] += 1
         in_split[split][label] += 1
     sources = sorted({s for counts in by_source.values() for s in counts})
@@ -126,12 +129,14 @@ def confounding_report(rows: Iterable[tuple[str, str, str, str]], classes: Seque
     v = cramers_v(table)
     warnings = []
 
+    # Judged on train, what the model learns from (with --test-source, a class can have two
+    # sources overall and one in train). With one source, class and source cannot be confounded.
     single = {}
-    if len(sources) > 1:  # with one source, class and source cannot be confounded
-        single = {c: next(iter(by_source[c])) for c in present if len(by_source[c]) == 1}
+    if len(set().union(*train_sources.values())) > 1:
+        single = {c: next(iter(train_sources[c])) for c in present if len(train_sources[c]) == 1}
         for c, s in single.items():
-            warnings.append(f"Class '{c}' comes only from source {s}: a model can recognise the source "
-                            "(hospital, scanner, file format) instead of the disease.")
+            warnings.append(f"Class '{c}' comes only from source {s} in train: a model can recognise the "
+                            "source (hospital, scanner, file format) instead of the disease.")
     if v is not None and v >= CRAMERS_V_WARN:
         warnings.append(f"Class and source are strongly associated (Cramér's V = {v:.2f} over {n} images; "
                         "0 means independent, 1 means the source gives the class away).")
