@@ -31,7 +31,7 @@ def test_submit_vertex_passes_exact_arguments(package, rec, monkeypatch):
                 "template_path": package,
                 "pipeline_root": "gs://bucket/root",
                 "parameter_values": {"epochs": 3},
-                "enable_caching": False,
+                "enable_caching": None,  # the compiled per-task caching settings
                 "labels": {"team": "radiology"},
             },
         ),

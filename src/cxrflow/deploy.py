@@ -145,7 +145,7 @@ def _pipeline_job(
     pipeline_root: str,
     display_name: str,
     parameter_values: Mapping[str, Any] | None,
-    enable_caching: bool,
+    enable_caching: bool | None,
     labels: Mapping[str, str] | None,
     job_factory: Callable[..., Any] | None,
 ) -> tuple[Any, str]:
@@ -181,11 +181,16 @@ def submit_vertex(
     display_name: str,
     service_account: str | None = None,
     parameter_values: Mapping[str, Any] | None = None,
-    enable_caching: bool = False,
+    enable_caching: bool | None = None,
     labels: Mapping[str, str] | None = None,
     job_factory: Callable[..., Any] | None = None,
 ) -> str:
-    """Submit one Vertex AI Pipelines run (without waiting); returns the job's resource name."""
+    """Submit one Vertex AI Pipelines run (without waiting); returns the job's resource name.
+
+    `enable_caching=None` keeps each task's compiled caching setting (pipeline.CACHED_TASKS:
+    on for the stages whose inputs say everything about their output); True or False
+    overrides every task.
+    """
     job, host = _pipeline_job(
         package_path,
         project=project,
@@ -216,7 +221,7 @@ def schedule_vertex(
     schedule_name: str | None = None,
     service_account: str | None = None,
     parameter_values: Mapping[str, Any] | None = None,
-    enable_caching: bool = False,
+    enable_caching: bool | None = None,
     labels: Mapping[str, str] | None = None,
     job_factory: Callable[..., Any] | None = None,
 ) -> str:
