@@ -166,3 +166,18 @@ def test_bytes_no_image_library_reads_have_only_their_size():
     assert file_traits(b"not an image") == {
         fk.TRAIT_BYTES_KEY: 12, fk.TRAIT_WIDTH_KEY: 0, fk.TRAIT_HEIGHT_KEY: 0, fk.TRAIT_CHANNELS_KEY: 0,
         fk.TRAIT_BIT_DEPTH_KEY: 0, fk.TRAIT_FORMAT_KEY: "", fk.TRAIT_MODE_KEY: ""}
+
+
+def test_report_html_shows_the_confounding_section(tmp_path):
+    import json
+
+    from cxrflow.report.html import _data_section
+
+    rows_ = rows({("a", "ieee", "adult"): 12, ("b", "kaggle", "child"): 12})
+    report = {"classes": ["a", "b"], "by_source": {}, "sources": {}, "test_source": "kaggle:kaggle",
+              "confounding": confounding_report(rows_, ("a", "b"))}
+    (tmp_path / "ingest_report.json").write_text(json.dumps(report))
+    html = _data_section(str(tmp_path))
+    assert "Cramér's V between class and source: 1.00" in html
+    assert "every image of kaggle:kaggle (external validation)" in html
+    assert "<td>100%</td>" in html and "Class &#x27;a&#x27; comes only from source ieee in train" in html

@@ -147,6 +147,27 @@ def _data_section(run_dir: str) -> str:
         f'<p class="meta">duplicates removed: {escape(str(report.get("duplicates_removed", "-")))}; '
         f"patients crossing splits: {escape(str(report.get('patient_overlap', '-')))}</p>"
     )
+    out.append(_confounding_html(report))
+    return "".join(out)
+
+
+def _confounding_html(report: dict) -> str:
+    """ExampleGen's confounding section (stages/confounding.py): Cramér's V, age mix, warnings."""
+    conf = report.get("confounding")
+    if not isinstance(conf, dict):
+        return ""  # an ingest report written before ExampleGen measured confounding
+    out = ["<h3>Confounding: what besides the disease tells the classes apart</h3>"]
+    if report.get("test_source"):
+        out.append(f'<p class="meta">test split: every image of {escape(str(report["test_source"]))} '
+                   "(external validation)</p>")
+    out.append(f'<p class="meta">Cramér\'s V between class and source: {escape(_num(conf.get("cramers_v"), 2))} '
+               "(0: independent; 1: the source gives the class away)</p>")
+    mix, distance = conf.get("age_mix") or {}, conf.get("age_mix_distance") or {}
+    rows = [[c, *(f"{m.get(g, 0):.0%}" for g in ("child", "adult", "unknown")), _num(distance.get(c), 2)]
+            for c, m in mix.items()]
+    if rows:
+        out.append(_table(["class", "child", "adult", "unknown age", "distance from the other classes' mix"], rows))
+    out.extend(_note(str(w)) for w in conf.get("warnings") or [])
     return "".join(out)
 
 
