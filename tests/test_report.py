@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+from html import escape
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from cxrflow.report.plots import LINE_STYLES, MARKERS, plot_roc
 
 CLASSES = ("covid", "normal", "pneumonia")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SECTION_IDS = ("blessing", "data", "training", "metrics", "slices", "confusion", "roc", "tsne", "gradcam")
+SECTION_IDS = ("blessing", "data", "training", "metrics", "slices", "confusion", "gallery", "roc", "tsne", "gradcam")
 EVIL = "<script>alert('x')</script>&"
 
 
@@ -101,10 +102,33 @@ def fake_run_dir(root, with_optional: bool = True) -> str:
     plot_roc(labels, probs, CLASSES, os.path.join(root, ROC_PNG))
     gray_png(os.path.join(root, "tsne.png"))
     gray_png(os.path.join(root, "gradcam.png"))
+    fake_gallery(root, labels, probs)
     write_json(os.path.join(root, "tsne.json"), {"class_separation": 0.4, "source_separation": 0.1,
                                                  "sources_separate_more_than_classes": False,
                                                  "note": f"classes separate {EVIL}"})
     return str(root)
+
+
+def fake_gallery(root, labels, probs, max_errors: int = 6) -> dict:
+    """gallery/ and gallery.json as the Evaluator writes them, for the fake predictions."""
+    from cxrflow.report.gallery import GALLERY_DIR, GALLERY_JSON, pick_gallery, picture_png
+
+    wrong, correct, n_wrong = pick_gallery(labels, probs, max_errors=max_errors)
+    os.makedirs(os.path.join(root, GALLERY_DIR), exist_ok=True)
+    rng, entries = np.random.default_rng(1), []
+    for k, i in enumerate(wrong + correct):
+        name = f"{GALLERY_DIR}/{k:03d}.png"
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(picture_png(rng.random((32, 32)), rng.random((32, 32))))
+        pred = int(np.argmax(probs[i]))
+        entries.append({"file": name, "index": int(i), "correct": bool(pred == labels[i]), "true": CLASSES[labels[i]],
+                        "predicted": CLASSES[pred], "probability": float(probs[i][pred]),
+                        "true_class_probability": float(probs[i][labels[i]]), "source": EVIL,
+                        "patient_id": f"p{i // 2}", "image_id": f"img{i}"})
+    gallery = {"classes": list(CLASSES), "n_test": len(labels), "n_wrong": n_wrong, "shown_wrong": len(wrong),
+               "gradcam": True, "entries": entries}
+    write_json(os.path.join(root, GALLERY_JSON), gallery)
+    return gallery
 
 
 def img_sources(html: str) -> list[str]:
@@ -134,7 +158,9 @@ def test_report_has_every_section_inline_images_and_escaped_text(tmp_path):
     for section in SECTION_IDS:
         assert f'<section id="{section}">' in html, section
     sources = img_sources(html)
-    assert len(sources) == 5  # training curves, confusion matrix, ROC, t-SNE, Grad-CAM
+    gallery = json.load(open(os.path.join(run_dir, "gallery.json")))["entries"]
+    # training curves, confusion matrix, ROC, t-SNE, Grad-CAM, and one per gallery picture
+    assert len(sources) == 5 + len(gallery)
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -205,7 +231,7 @@ def test_local_run_collects_roc_and_builds_the_report_without_failing_on_it(
 
     fake = fake_run_dir(tmp_path / "fake")
 
-    def run_local(config, pipeline_root):  # stands in for kfp.local: lays out the artifacts
+    def run_local(config, pipeline_root, output_dir=None, verbose=False):  # stands in for kfp.local
         evaluation = os.path.join(pipeline_root, "run-1", "evaluator", "evaluation")
         os.makedirs(evaluation)
         for name in ("metrics.json", "slices.json", "blessing.json", "confusion_matrix.png", ROC_PNG):
@@ -273,3 +299,65 @@ def test_evaluator_adds_patient_level_cis_and_the_roc_png(tiny_config, stage_dir
             lo, hi = metrics["ci95"][name][metric]
             assert lo <= metrics["per_class"][name][metric] + 1e-9 and metrics["per_class"][name][metric] <= hi + 1e-9
     assert open(os.path.join(out, ROC_PNG), "rb").read(8) == PNG_MAGIC
+
+
+def test_gallery_picks_every_mistake_most_confident_first_and_the_surest_correct_ones_per_class():
+    from cxrflow.report.gallery import pick_gallery
+
+    labels = np.array([0, 0, 1, 1, 2, 2, 0])
+    probs = np.array([
+        [0.90, 0.05, 0.05],  # 0: correct covid, 0.90
+        [0.20, 0.70, 0.10],  # 1: WRONG (covid as normal), 0.70
+        [0.10, 0.80, 0.10],  # 2: correct normal
+        [0.60, 0.30, 0.10],  # 3: WRONG (normal as covid), 0.60
+        [0.05, 0.05, 0.90],  # 4: correct pneumonia
+        [0.10, 0.85, 0.05],  # 5: WRONG (pneumonia as normal), 0.85
+        [0.50, 0.30, 0.20],  # 6: correct covid, 0.50
+    ])
+    assert pick_gallery(labels, probs) == ([5, 1, 3], [0, 6, 2, 4], 3)
+    # Many mistakes: the most confident ones; one correct example per class when asked for one.
+    assert pick_gallery(labels, probs, max_errors=2, correct_per_class=1) == ([5, 1], [0, 2, 4], 3)
+    assert pick_gallery(np.zeros(0, int), np.zeros((0, 3))) == ([], [], 0)
+
+
+def test_gallery_section_shows_each_picture_with_its_facts_escaped(tmp_path):
+    from cxrflow.report.gallery import gallery_section
+
+    root = fake_run_dir(tmp_path / "run")
+    labels, probs, _ = predictions()
+    n_wrong = int((probs.argmax(axis=1) != labels).sum())  # counted here, from the predictions
+    assert n_wrong > 6  # so the fake gallery shows only the 6 most confident mistakes
+    html = gallery_section(root)
+    assert html.count('class="card wrong"') == 6
+    assert html.count('class="card"') == sum(min(2, int(((labels == c) & (probs.argmax(axis=1) == c)).sum()))
+                                             for c in range(3))
+    assert f"{n_wrong} of {len(labels)} test images misclassified; shown: the 6 most confident mistakes" in html
+    assert EVIL not in html and escape(EVIL) in html
+    assert all(src.startswith("data:image/png;base64,") for src in img_sources(html))
+    assert len(img_sources(html)) == len(json.load(open(os.path.join(root, "gallery.json")))["entries"])
+    # A run from before the gallery: a note, not a crash.
+    os.remove(os.path.join(root, "gallery.json"))
+    assert "gallery.json not found" in gallery_section(root)
+
+
+def test_gallery_renders_in_headless_chromium(tmp_path):
+    """The gallery alone, screenshotted: its pictures and the red dashed frames of mistakes show."""
+    browser = "/usr/bin/chromium"
+    if not os.path.exists(browser):
+        pytest.skip("no /usr/bin/chromium: headless render check not run (apt-get install chromium)")
+    from PIL import Image
+
+    from cxrflow.report.gallery import gallery_section
+
+    root = fake_run_dir(tmp_path / "run")
+    page = tmp_path / "gallery.html"
+    page.write_text(f"<!DOCTYPE html><html><body>{gallery_section(root)}</body></html>")
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1100,1400",
+                    f"file://{page}"], capture_output=True, text=True, timeout=60)
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # Reddish pixels: the mistakes' frames (#a00) and the heatmaps; a blank or text-only page has none.
+    reddish = (rgb[..., 0] > 120) & (rgb[..., 0] > rgb[..., 1] + 60)
+    assert reddish.mean() > 0.005, reddish.mean()

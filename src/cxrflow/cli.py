@@ -197,8 +197,9 @@ def print_metrics(metrics: dict) -> None:
 
 
 def _finish_run(output: str) -> None:
-    from cxrflow.console import LOGS_DIR, warnings_block
+    from cxrflow.console import LOGS_DIR
     from cxrflow.io_utils import read_json
+    from cxrflow.stage_summary import warnings_block
 
     print_metrics(read_json(os.path.join(output, "metrics.json")))
     blessing = read_json(os.path.join(output, "blessing.json"))

@@ -25,6 +25,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from cxrflow import progress
+from cxrflow.stage_summary import failure_reason, key_figure
 
 LOGS_DIR = "logs"
 PIPELINE_LOG = "pipeline.log"  # kfp.local's lines outside any task
@@ -32,6 +33,7 @@ PIPELINE_LOG = "pipeline.log"  # kfp.local's lines outside any task
 STAGE_NAMES = {
     "example-gen": "ExampleGen", "transform": "Transform", "resample": "Resample",
     "trainer": "Trainer", "evaluator": "Evaluator", "pusher": "Pusher",
+    "push-skipped": "Pusher",  # the not-blessed branch: it records why nothing was pushed
 }
 MILESTONES = (0.25, 0.5, 0.75)  # plain-line progress on a pipe: a line as each quarter is passed
 PLAIN_EVERY_S = 60.0  # ...and at least one a minute, so CI logs show a long stage is alive
@@ -39,129 +41,23 @@ PLAIN_EVERY_S = 60.0  # ...and at least one a minute, so CI logs show a long sta
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
-_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure|Failed)\w*)(?::\s*(.*))?$")
 
 
 def stage_name(task: str) -> str:
     return STAGE_NAMES.get(task, task)
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _find(task_dir: str, name: str) -> dict | None:
-    """A JSON file in one of the task's output artifacts (whatever the artifact is called)."""
-    for path in sorted(glob.glob(os.path.join(task_dir, "*", name))):
-        data = _read_json(path)
-        if data is not None:
-            return data
-    return None
-
-
-def key_figure(task: str, task_dir: str) -> str:
-    """A finished stage's headline, read from its artifacts ("" when it has none to show)."""
-    try:
-        return _KEY_FIGURES.get(task, lambda _d: "")(task_dir)
-    except (KeyError, TypeError, ValueError, IndexError):  # a layout from another version: say nothing
-        return ""
-
-
-def _example_gen_figure(task_dir: str) -> str:
-    report = _find(task_dir, "ingest_report.json")
-    if not report:
-        return ""
-    order = ("train", "eval", "test")  # JSON keys come back sorted: pipeline order instead
-    splits = {s: sum(c.values()) for s, c in sorted(report["splits"].items(), key=lambda kv: (
-        order.index(kv[0]) if kv[0] in order else len(order), kv[0]))}
-    return (f"{sum(splits.values())} images kept ({', '.join(f'{s} {n}' for s, n in splits.items())}), "
-            f"{len(report.get('skipped', []))} excluded")
-
-
-def _resample_figure(task_dir: str) -> str:
-    summary = _find(task_dir, "resample.json")
-    if not summary:
-        return ""
-    return f"{summary['mode']}: {sum(summary['counts_after'].values())} training examples"
-
-
-def _trainer_figure(task_dir: str) -> str:
-    summary = _find(task_dir, "training_summary.json")
-    history = [h for h in (summary or {}).get("history", []) if "val_loss" in h]
-    if not history:
-        return ""
-    best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
-    score = f", val_acc {history[best]['val_accuracy']:.3f}" if "val_accuracy" in history[best] else ""
-    return f"best epoch {best + 1} of {len(history)} (val_loss {history[best]['val_loss']:.3f}{score})"
-
-
-def _evaluator_figure(task_dir: str) -> str:
-    metrics, blessing = _find(task_dir, "metrics.json"), _find(task_dir, "blessing.json")
-    parts = []
-    if metrics:
-        parts.append(f"test macro recall {metrics['macro_recall']:.3f} (accuracy {metrics['accuracy']:.3f}, "
-                     f"n={metrics['n']})")
-    if blessing:
-        parts.append("blessed" if blessing.get("blessed") else "NOT blessed")
-    return "; ".join(parts)
-
-
-def _pusher_figure(task_dir: str) -> str:
-    push = _find(task_dir, "push.json")
-    if not push:
-        return ""
-    if push.get("pushed"):
-        return f"pushed version {push['version']}"
-    return f"nothing pushed: {push.get('reason', 'see blessing')}"
-
-
-_KEY_FIGURES = {
-    "example-gen": _example_gen_figure, "resample": _resample_figure, "trainer": _trainer_figure,
-    "evaluator": _evaluator_figure, "pusher": _pusher_figure,
-}
-
-
-def failure_reason(log_path: str) -> str:
-    """One line saying why a stage failed: the last exception its log shows, else its last line."""
-    try:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            lines = [line.rstrip() for line in f]
-    except OSError:
-        return "no log was written"
-    starts = [i for i, line in enumerate(lines) if line.strip().startswith("Traceback (most recent call last)")]
-    if starts:
-        # The exception line is the first unindented line after the frames ("  File ...").
-        for line in lines[starts[-1] + 1:]:
-            if line and not line[0].isspace() and _EXCEPTION.match(line):
-                return _one_line(line)
-    for line in reversed(lines):
-        if _EXCEPTION.match(line.strip()):
-            return _one_line(line.strip())
-    tail = [line.strip() for line in lines if line.strip() and not _ANSI.sub("", line).startswith("-" * 10)]
-    return _one_line(tail[-1]) if tail else "the task exited with an error and printed nothing"
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(_ANSI.sub("", text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class _Bar:
     """One progress bar: a tqdm bar on a terminal, milestone lines on a pipe."""
 
     def __init__(self, console: Console, label: str, total: int | None, unit: str):
-        self.console, self.label, self.total, self.unit = console, label, total, unit or "it"
+        self.console, self.label, self.total, self.unit = console, label, total, unit
         self.done, self.info = 0, ""
         self.started = self.last_line = time.monotonic()
         self.next_milestone = 0
         self.tqdm = None
         if console.tty:
-            self.tqdm = tqdm(total=total, desc=f"  {label}", unit=self.unit, file=console.out, leave=False,
+            self.tqdm = tqdm(total=total, desc=f"  {label}", unit=unit or "it", file=console.out, leave=False,
                              dynamic_ncols=True, mininterval=0.2)
 
     def set(self, done: int, total: int | None, info: str) -> None:
@@ -182,7 +78,8 @@ class _Bar:
         if (crossed and done < self.total) or now - self.last_line >= PLAIN_EVERY_S:
             self.last_line = now
             of = f"/{self.total}" if self.total else ""
-            self.console.line(f"    {self.label}: {done}{of} {self.unit}" + (f"  {self.info}" if self.info else ""))
+            unit = f" {self.unit}" if self.unit else ""
+            self.console.line(f"    {self.label}: {done}{of}{unit}" + (f"  {self.info}" if self.info else ""))
 
     def close(self) -> None:
         if self.tqdm is not None:
@@ -206,6 +103,8 @@ class Console:
         self.out.flush()
 
     def stage_started(self, task: str) -> None:
+        if task not in STAGE_NAMES:  # pipeline plumbing (e.g. looking up the served model): its end line will do
+            return
         self.line(f"{'▶' if self.tty else '->'} {stage_name(task)} ...")
 
     def stage_finished(self, task: str, seconds: float, figure: str) -> None:
@@ -241,12 +140,13 @@ class StageRouter:
 
     def __init__(self, console: Console, logs_dir: str, pipeline_root: str, echo: TextIO | None = None):
         self.console, self.logs_dir, self.pipeline_root, self.echo = console, logs_dir, pipeline_root, echo
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # fail() runs both from a finished line and from capture()
         self.buffer = ""
         self.task: str | None = None  # the stage whose lines are arriving
         self.running: str | None = None  # started and not yet finished
         self.started = 0.0
         self.log: TextIO | None = None
+        self.failed: tuple[str, str, str] | None = None  # (stage, reason, log path) of the first failure
         os.makedirs(logs_dir, exist_ok=True)
         self._open(PIPELINE_LOG)
 
@@ -321,7 +221,8 @@ class StageRouter:
             path = self.log_path(task)
             reason = failure_reason(path)
             self.console.stage_failed(task, time.monotonic() - self.started, reason, path)
-            return stage_name(task), reason, path
+            self.failed = stage_name(task), reason, path
+            return self.failed
 
     def close(self) -> None:
         with self.lock:
@@ -357,7 +258,9 @@ def capture(output_dir: str, pipeline_root: str, verbose: bool = False) -> Itera
     try:
         yield router
     except RuntimeError as e:
-        failed = router.fail()
+        # kfp.local raises at the failed task, or (pipelines with conditions) at the pipeline's
+        # end after logging the task's failure: either way, name the stage that failed.
+        failed = router.fail() or router.failed
         if failed is None:
             raise
         raise StageFailed(*failed) from e
@@ -368,34 +271,3 @@ def capture(output_dir: str, pipeline_root: str, verbose: bool = False) -> Itera
             os.environ.pop(progress.ENV, None)
         else:
             os.environ[progress.ENV] = saved_env
-
-
-def warnings_block(output_dir: str) -> list[str]:
-    """One short list of what a reader must not miss: shortcut, confounding and blessing warnings."""
-    metrics = _read_json(os.path.join(output_dir, "metrics.json")) or {}
-    ingest = _read_json(os.path.join(output_dir, "ingest_report.json")) or {}
-    blessing = _read_json(os.path.join(output_dir, "blessing.json")) or {}
-    found = [f"shortcut: {w}" for w in _texts(metrics.get("shortcut"))]
-    found += [f"confounding: {w}" for w in _texts((ingest.get("confounding") or {}).get("warnings"))]
-    if blessing and not blessing.get("blessed"):
-        reasons = [str(r) for r in blessing.get("reasons", [])]
-        failing = [r for r in reasons if " < " in r or "exceeds" in r] or reasons
-        found += [f"not blessed: {r}" for r in failing]
-    return found
-
-
-def _texts(value) -> list[str]:
-    """Warning texts from a string, a list, or a dict holding `warnings`/`warning` (or dicts that do:
-    metrics.json's `shortcut` holds one dict per check)."""
-    if not value:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        if "warnings" in value or "warning" in value:
-            return _texts(value.get("warnings")) + _texts(value.get("warning"))
-        return [t for item in value.values() if isinstance(item, dict) for t in _texts(item)]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _texts(item)]
-    return []
-
