@@ -40,3 +40,12 @@ def test_other_runners_and_explicit_choices_are_left_alone(cores, args):
 def test_one_core_adds_nothing(cores):
     cores(1)
     assert with_local_threads(("--temp_location=/tmp/x",)) == ["--temp_location=/tmp/x"]
+
+
+def test_local_workers_one_per_core_capped(cores):
+    cores(1)
+    assert beam_options.local_workers() == 1
+    cores(3)
+    assert beam_options.local_workers() == 3
+    cores(64)
+    assert beam_options.local_workers() == beam_options.MAX_LOCAL_THREADS

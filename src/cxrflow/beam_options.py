@@ -23,6 +23,12 @@ def _runner(args: Sequence[str]) -> str:
     return ""
 
 
+def local_workers() -> int:
+    """Threads for local data work: one per core this process may use, at most MAX_LOCAL_THREADS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_LOCAL_THREADS))
+
+
 def with_local_threads(args: Sequence[str]) -> list[str]:
     """`args`, plus DirectRunner worker threads on every core when the run is local.
 
@@ -36,8 +42,7 @@ def with_local_threads(args: Sequence[str]) -> list[str]:
         return args
     if _given(args, "--direct_running_mode") or _given(args, "--direct_num_workers"):
         return args
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(cores, MAX_LOCAL_THREADS)
+    workers = local_workers()
     if workers < 2:
         return args
     return [*args, "--direct_running_mode=multi_threading", f"--direct_num_workers={workers}"]

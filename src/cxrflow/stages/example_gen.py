@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from cxrflow import features as fk
 from cxrflow import progress
-from cxrflow.beam_options import with_local_threads
+from cxrflow.beam_options import local_workers, with_local_threads
 from cxrflow.config import PipelineConfig
 from cxrflow.images import ImageRejected, check_image, check_size
 from cxrflow.io_utils import join, makedirs, write_json_atomic
@@ -202,7 +202,7 @@ def write_examples(record: Record, plan: dict, max_pixels: int):
     yield split, to_example(record, encoded, original=data)
 
 
-def _finalize(shards: list[tuple[str, str]], tmp_dir: str, output_dir: str, plan: dict) -> None:
+def finalize_output(shards: list[tuple[str, str]], tmp_dir: str, output_dir: str, plan: dict) -> None:
     """Moves the committed shards into Split-*/, then writes the report: a report on disk
     means that every split's examples are in place."""
     from cxrflow.stages import shard_writer  # lazy: imports Beam and TF
@@ -241,17 +241,16 @@ def scan_sources(config: PipelineConfig) -> tuple[list[Record], list[Exclusion]]
 
 
 def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence[str] = ()) -> dict:
-    """Runs ExampleGen; writes `Split-<split>/*.tfrecord` and `ingest_report.json`; returns the report."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+    """Runs ExampleGen; writes `Split-<split>/*.tfrecord` and `ingest_report.json`; returns the report.
 
-    from cxrflow.stages import shard_writer  # lazy: imports Beam and TF
-
+    With no Beam arguments the two passes run in this process on one thread per core
+    (local_ingest.py: the same functions without Beam's fixed cost); any Beam argument runs
+    them as a Beam pipeline, on the runner it names.
+    """
     records, exclusions = scan_sources(config)
     if not records:
         raise ValueError(f"no usable images found in {list(config.data)} for classes {list(config.classes)}")
     makedirs(output_dir)
-    max_pixels = config.max_image_pixels
     # Read here, before any worker can add to it: the report names the cache files this run
     # could not use, which a worker's rewrite of the same file must not hide.
     check_cache.load.cache_clear()  # a long-lived process must see what other runs added since
@@ -259,9 +258,34 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
     # Workers write shards here; only the finalize step moves committed ones into Split-*/.
     tmp_dir = join(output_dir, f".shards-{uuid.uuid4().hex}")
     makedirs(tmp_dir)
-    options = PipelineOptions(with_local_threads(beam_args or config.beam_args))
+    args = list(beam_args or config.beam_args)
     progress.start("files checked", len(records), "files")  # the console's bar (progress.py)
-    with beam.Pipeline(options=options) as p:
+    if args:
+        _run_beam(records, exclusions, config, output_dir, tmp_dir, unreadable_cache_files, args)
+    else:
+        from cxrflow.stages import local_ingest  # lazy: it imports this module
+
+        local_ingest.run(records, exclusions, config, output_dir, tmp_dir, local_workers(), unreadable_cache_files)
+    progress.flush("files checked")
+    from cxrflow.io_utils import read_json
+
+    report = read_json(join(output_dir, REPORT_FILE))
+    if report["patient_overlap"]:
+        raise RuntimeError(f"{report['patient_overlap']} patients cross splits: refusing to continue")
+    return report
+
+
+def _run_beam(
+    records: list[Record], exclusions: list[Exclusion], config: PipelineConfig, output_dir: str, tmp_dir: str,
+    unreadable_cache_files: Sequence[str], beam_args: list[str],
+) -> None:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from cxrflow.stages import shard_writer  # lazy: imports Beam and TF
+
+    max_pixels = config.max_image_pixels
+    with beam.Pipeline(options=PipelineOptions(with_local_threads(beam_args))) as p:
         recs = p | "ListImages" >> beam.Create(records, reshuffle=True)
         checks = (
             recs
@@ -277,13 +301,5 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
             recs
             | "WriteExamples" >> beam.ParDo(shard_writer.WriteShards(tmp_dir, emit), beam.pvalue.AsSingleton(plan))
             | "CollectShards" >> beam.combiners.ToList()
-            | "Finalize" >> beam.Map(_finalize, tmp_dir, output_dir, beam.pvalue.AsSingleton(plan))
+            | "Finalize" >> beam.Map(finalize_output, tmp_dir, output_dir, beam.pvalue.AsSingleton(plan))
         )
-
-    progress.flush("files checked")
-    from cxrflow.io_utils import read_json
-
-    report = read_json(join(output_dir, REPORT_FILE))
-    if report["patient_overlap"]:
-        raise RuntimeError(f"{report['patient_overlap']} patients cross splits: refusing to continue")
-    return report

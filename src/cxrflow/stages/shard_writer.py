@@ -25,6 +25,27 @@ from apache_beam.utils.windowed_value import WindowedValue
 from cxrflow.io_utils import join
 
 
+class ShardFiles:
+    """One temporary TFRecord file per split under `tmp_dir`, opened on the split's first record."""
+
+    def __init__(self, tmp_dir: str) -> None:
+        self._tmp_dir = tmp_dir
+        self._writers: dict[str, tuple[str, tf.io.TFRecordWriter]] = {}
+
+    def write(self, split: str, record: bytes) -> None:
+        if split not in self._writers:
+            path = join(self._tmp_dir, f"{split}-{uuid.uuid4().hex}.tfrecord")
+            self._writers[split] = (path, tf.io.TFRecordWriter(path))
+        self._writers[split][1].write(record)
+
+    def close(self) -> list[tuple[str, str]]:
+        """Closes every file; returns (split, path) for each."""
+        writers, self._writers = self._writers, {}
+        for _, writer in writers.values():
+            writer.close()
+        return sorted((split, path) for split, (path, _) in writers.items())
+
+
 class WriteShards(beam.DoFn):
     """`emit(element, *side_inputs)` yields (split, serialized record); each bundle writes one
     temporary file per split under `tmp_dir` and outputs (split, path) for each when it ends."""
@@ -32,23 +53,18 @@ class WriteShards(beam.DoFn):
     def __init__(self, tmp_dir: str, emit: Callable[..., Iterable[tuple[str, bytes]]]) -> None:
         self._tmp_dir = tmp_dir
         self._emit = emit
-        self._writers: dict[str, tuple[str, tf.io.TFRecordWriter]] = {}
+        self._files: ShardFiles | None = None
 
     def start_bundle(self) -> None:
-        self._writers = {}
+        self._files = ShardFiles(self._tmp_dir)
 
     def process(self, element, *side_inputs):
         for split, record in self._emit(element, *side_inputs):
-            if split not in self._writers:
-                path = join(self._tmp_dir, f"{split}-{uuid.uuid4().hex}.tfrecord")
-                self._writers[split] = (path, tf.io.TFRecordWriter(path))
-            self._writers[split][1].write(record)
+            self._files.write(split, record)
 
     def finish_bundle(self):
-        writers, self._writers = self._writers, {}
-        for split, (path, writer) in sorted(writers.items()):
-            writer.close()
-            yield WindowedValue((split, path), GlobalWindow().max_timestamp(), [GlobalWindow()])
+        for shard in self._files.close():
+            yield WindowedValue(shard, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
 def finalize(shards: Iterable[tuple[str, str]], tmp_dir: str, split_dirs: dict[str, str]) -> dict[str, int]:
