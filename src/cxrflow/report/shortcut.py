@@ -152,16 +152,22 @@ def lungs_hidden(model_dir: str, test_pattern: str, classes: Sequence[str], imag
     """
     import tensorflow as tf
 
-    from cxrflow.report.gradcam import gradcam_maps, model_view
+    from cxrflow.report.gradcam import gradcam_maps
+    from cxrflow.stages.transform import decode_batch
 
     model = tf.saved_model.load(model_dir)
+    # Decode as the model's own transform does (stretch, or letterbox with `pad`): the masked
+    # square image then passes its decoder unchanged.
+    meta = model.signatures["metadata"]() if "metadata" in model.signatures else {}
+    resize_mode = meta["resize_mode"].numpy().decode() if "resize_mode" in meta else "stretch"
     spec = fk.raw_feature_spec((fk.IMAGE_KEY, fk.LABEL_KEY))
     index = {c: i for i, c in enumerate(classes)}
     labels, probs, shares = [], [], {c: [] for c in classes}
     for batch in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(test_pattern))).batch(batch_size):
         raw = tf.io.parse_example(batch, spec)
         ids = [index[v.decode()] for v in raw[fk.LABEL_KEY].numpy()]
-        masked = encode_png16(hide_center(model_view(list(raw[fk.IMAGE_KEY].numpy()), image_size), fraction))
+        view = decode_batch(raw[fk.IMAGE_KEY], image_size, resize_mode).numpy()[..., 0]
+        masked = encode_png16(hide_center(view, fraction))
         if tta > 1 and "serving_tta" in model.signatures:
             out = model.signatures["serving_tta"](images=tf.constant(masked), views=tf.constant(tta, tf.int32))
         else:
