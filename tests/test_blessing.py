@@ -108,3 +108,13 @@ def test_one_film_flips_the_point_rule_but_not_the_bootstrap(tmp_path):
     assert result["comparison"]["macro_recall"]["passed"] is True
     # The same numbers judged by the point rule would have rejected it.
     assert not all(c["passed_point"] for c in result["comparison"].values())
+
+
+def test_a_gated_class_missing_from_the_test_split_is_not_blessed(tmp_path):
+    """Its recall is undefined (NaN), and TFMA lets NaN through a lower bound."""
+    labels = np.repeat([1, 2], 10)  # no covid film
+    config = PipelineConfig(min_recall=(("covid", 0.9),), min_macro_recall=0.5)
+    result = blessing.decide(config, labels, _probs(labels), [f"p{i}" for i in range(20)], str(tmp_path))
+    assert result["blessed"] is False and result["had_baseline"] is False
+    assert any(r.startswith("recall:covid: the test split holds no film") for r in result["reasons"])
+    assert "macro_recall = 1.000 >= 0.500" in result["reasons"]

@@ -143,7 +143,7 @@ def evaluator(
     blessing.metadata.update({
         "blessed": verdict["blessed"], "rule": verdict["rule"], "reasons": verdict["reasons"],
         "candidate_uri": model.uri, "test_examples_uri": examples.uri,
-        "baseline_uri": served.uri if baseline else "", "baseline_version": served.metadata.get("version", 0),
+        "baseline_uri": served.uri if baseline else "", "baseline_version": int(served.metadata.get("version", 0)),
     })
     os.makedirs(blessing.path, exist_ok=True)
     shutil.copyfile(os.path.join(evaluation.path, BLESSING_FILE), os.path.join(blessing.path, BLESSING_FILE))

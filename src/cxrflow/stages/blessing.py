@@ -186,6 +186,10 @@ def decide(config: PipelineConfig, labels, probs, patient_ids: Sequence[str], ou
     gates = gated(config)
     current = {name: tfma_result["values"][name][CANDIDATE] for name, _, _ in gates}
     for name, _, floor in gates:
+        if np.isnan(current[name]):  # TFMA would let NaN pass its lower bound
+            ok = False
+            reasons.append(f"{name}: the test split holds no film to measure it: cannot check its floor {floor:.3f}")
+            continue
         passed = name not in value_failed
         ok &= passed
         reasons.append(f"{name} = {current[name]:.3f} {'>=' if passed else '<'} {floor:.3f}")
