@@ -64,9 +64,11 @@ def test_router_sends_each_stage_to_its_log_and_prints_one_line_per_start_and_en
                                                               '"start": true, "total": 14, "unit": "files"}']):
         router.write(piece)
     router.write(kfp_lines("trainer", ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]))
+    router.write(kfp_lines("transform", ["transform: reused the completed output of an earlier run (/w/t)"]))
     router.close()
     lines = out.getvalue().splitlines()  # the bar of 14 files never passed a quarter: no line for it
-    assert len(lines) == 4 and lines[0] == "-> ExampleGen ..." and lines[2] == "-> Trainer ...", lines
+    assert len(lines) == 7 and lines[0] == "-> ExampleGen ..." and lines[2] == "-> Trainer ...", lines
+    assert lines[4:6] == ["-> Transform ...", "    transform: reused the completed output of an earlier run (/w/t)"]
     assert re.fullmatch(r"ok ExampleGen done in \d+\.\d s: 12 images kept \(train 7, eval 2, test 3\), 2 excluded",
                         lines[1])
     assert re.fullmatch(r"ok Trainer done in \d+\.\d s: best epoch 2 of 3 \(val_loss 0.400, val_acc 0.800\)",

@@ -40,6 +40,8 @@ PLAIN_EVERY_S = 60.0  # ...and at least one a minute, so CI logs show a long sta
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"Executing task '([^']+)'")
+# Lines a stage prints for the user, shown on the console too: a stage reused from work/ (stage_cache.py).
+_SHOWN = re.compile(r"^\w+: reused the completed output")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
 
@@ -191,6 +193,8 @@ class StageRouter:
         if self.echo is not None:
             self.echo.write(raw + "\n")
             self.echo.flush()
+        elif _SHOWN.match(content):
+            self.console.line(f"    {content}")
         assert self.log is not None
         # kfp.local indents a task's own output by four spaces: logs keep it as the task wrote it.
         self.log.write((plain[4:] if plain.startswith("    ") else plain) + "\n")
