@@ -248,15 +248,16 @@ def summary_lines(metrics: dict, with_warnings: bool = True) -> list[str]:
     if probe.get("skipped"):
         lines.append(f"  trait probe skipped: {probe['skipped']}")
     elif probe:
-        per = ", ".join(f"{c} {_fmt(v['recall'] if v['support'] else None)}"
-                        for c, v in probe["metrics"]["per_class"].items())
+        per_class = probe["metrics"]["per_class"]
+        per = ", ".join(f"{c} {_fmt(per_class[c]['recall'] if per_class[c]['support'] else None)}"
+                        for c in metrics["classes"])
         lines.append(f"  trait probe (file traits only, no pixels): macro recall {probe['metrics']['macro_recall']:.3f}"
                      f" vs model {probe['cnn_macro_recall']:.3f}; recall {per}")
     hidden = section.get("lungs_hidden") or {}
     if hidden.get("skipped"):
         lines.append(f"  lungs-hidden test skipped: {hidden['skipped']}")
     elif hidden:
-        per = ", ".join(f"{c} {_fmt(v['recall_lungs_hidden'])}" for c, v in hidden["per_class"].items())
+        per = ", ".join(f"{c} {_fmt(hidden['per_class'][c]['recall_lungs_hidden'])}" for c in metrics["classes"])
         lines.append(f"  lungs hidden (central {hidden['fraction']:.0%}): macro recall "
                      f"{hidden['macro_recall_lungs_hidden']:.3f} (chance {hidden['chance']:.3f}); recall {per}")
         if hidden.get("note"):

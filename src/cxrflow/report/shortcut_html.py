@@ -65,8 +65,14 @@ def shortcut_section(metrics: dict) -> str | None:
     out.append("<h3>Trait probe: the labels from file traits alone (no pixels)</h3>")
     out.append(_probe(section.get("trait_probe") or {}, metrics))
     out.append("<h3>Lungs hidden: the model with the central region replaced</h3>")
-    out.append(_hidden(section.get("lungs_hidden") or {}))
+    out.append(_hidden(section.get("lungs_hidden") or {}, metrics))
     return "".join(out)
+
+
+def _in_class_order(per_class: dict, metrics: dict) -> list[tuple[str, dict]]:
+    """metrics.json is written with sorted keys: put the classes back in the model's order."""
+    order = [c for c in metrics.get("classes", []) if c in per_class]
+    return [(c, per_class[c]) for c in order + sorted(set(per_class) - set(order))]
 
 
 def _probe(probe: dict, metrics: dict) -> str:
@@ -74,13 +80,14 @@ def _probe(probe: dict, metrics: dict) -> str:
         return page._note(f"not run: {probe.get('skipped', 'no result')}")
     pm, cnn = probe["metrics"], metrics.get("per_class") or {}
     rows = []
-    for c, m in pm["per_class"].items():
+    for c, m in _in_class_order(pm["per_class"], metrics):
         support = m.get("support", 0)
         model = (cnn.get(c) or {}).get("recall")
         rows.append([c, page._num(model) if support else "-", page._num(m.get("recall")) if support else "-",
                      support])
     rows.append(["macro recall", page._num(probe.get("cnn_macro_recall")), page._num(pm.get("macro_recall")), ""])
-    top = ", ".join(f"{k} {v:.2f}" for k, v in list((probe.get("importance") or {}).items())[:5])
+    ranked = sorted((probe.get("importance") or {}).items(), key=lambda kv: -kv[1])
+    top = ", ".join(f"{k} {v:.2f}" for k, v in ranked[:5])
     return (
         f'<p class="meta">{escape(str(probe.get("model", "")))} trained on the train split\'s file traits '
         f"({probe.get('train_n', '-')} images) and scored on the test split. Warns when it comes within "
@@ -90,11 +97,11 @@ def _probe(probe: dict, metrics: dict) -> str:
         + (f'<p class="meta">Most used traits: {escape(top)}</p>' if top else ""))
 
 
-def _hidden(hidden: dict) -> str:
+def _hidden(hidden: dict, metrics: dict) -> str:
     if hidden.get("skipped") or not hidden.get("per_class"):
         return page._note(f"not run: {hidden.get('skipped', 'no result')}")
     rows = []
-    for c, v in hidden["per_class"].items():
+    for c, v in _in_class_order(hidden["per_class"], metrics):
         share = v.get("gradcam_outside_share")
         rows.append([c, v.get("support", 0), page._num(v.get("recall_intact")),
                      page._num(v.get("recall_lungs_hidden")),
