@@ -1,9 +1,10 @@
 """ExampleGen: source adapters -> checked, de-duplicated, patient-split tf.Example TFRecords.
 
-The Beam pipeline makes two passes over the files. Pass one reads and checks every image and
-keeps only small metadata (hashes, labels, reasons); the split plan is computed from that
-metadata alone. Pass two streams the kept files into TFRecord shards. Pixels are never grouped
-or held in memory, so memory stays flat as the dataset grows, on any runner.
+Two passes over the files, as a Beam pipeline or, without Beam arguments, in-process on a
+thread pool (local_ingest.py). Pass one reads and checks every image and keeps only small
+metadata (hashes, labels, reasons); the split plan is computed from that metadata alone. Pass
+two streams the kept files into TFRecord shards (shard_writer.py). Pixels are never grouped or
+held in memory, so memory stays flat as the dataset grows, on any runner.
 """
 
 from __future__ import annotations
