@@ -94,6 +94,20 @@ def test_failed_stage_is_named_with_the_last_exception_and_its_log(tmp_path):
     assert f"log: {tmp_path / 'logs' / 'transform.log'}" in out.getvalue()
 
 
+def test_verbose_streams_every_line_and_still_keeps_the_logs(tmp_path):
+    from cxrflow.cli import build_parser
+
+    assert build_parser().parse_args(["demo", "--verbose"]).verbose
+    assert build_parser().parse_args(["run", "--data", "folders:x", "--output", "o", "--verbose"]).verbose
+    shown, echo = io.StringIO(), io.StringIO()
+    router = console.StageRouter(console.Console(shown, tty=False), str(tmp_path / "logs"), str(tmp_path), echo)
+    router.write(kfp_lines("resample", ["counts: 3"]))
+    router.close()
+    assert "    counts: 3\n" in echo.getvalue() and "\x1b[96m'resample'" in echo.getvalue()  # as kfp.local prints
+    assert "counts: 3" not in shown.getvalue() and "ok Resample done in" in shown.getvalue()
+    assert "counts: 3\n" in (tmp_path / "logs" / "resample.log").read_text()
+
+
 def test_failure_reason_without_a_traceback_is_the_last_line(tmp_path):
     log = tmp_path / "t.log"
     log.write_text("starting\nKilled\n\n")

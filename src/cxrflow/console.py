@@ -59,8 +59,11 @@ class _Bar:
         self.next_milestone = 0
         self.tqdm = None
         if console.tty:
-            self.tqdm = tqdm(total=total, desc=f"  {label}", unit=unit or "it", file=console.out, leave=False,
-                             dynamic_ncols=True, mininterval=0)  # stages already send at most ~4 a second
+            # No rate: an epoch bar would show "135300 it/s" when its first update comes in a burst.
+            fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]"
+                   if total else "{desc}: {n_fmt} {unit} [{elapsed}{postfix}]")
+            self.tqdm = tqdm(total=total, desc=f"  {label}", unit=unit, file=console.out, leave=False,
+                             dynamic_ncols=True, mininterval=0, bar_format=fmt)  # stages send at most ~4 a second
 
     def set(self, done: int, total: int | None, info: str) -> None:
         if total is not None and total != self.total:
@@ -123,8 +126,7 @@ class Console:
         label = str(event.get("bar", "progress"))
         bar = self.bars.get(label)
         if event.get("start") or bar is None:
-            if bar is not None:
-                bar.close()
+            self.close_bars()  # one pass at a time: a new bar ends the stage's previous one
             bar = self.bars[label] = _Bar(self, label, event.get("total"), str(event.get("unit") or ""))
         if "add" in event:
             bar.set(bar.done + int(event["add"]), None, "")

@@ -97,6 +97,9 @@ def keras_callback(total_epochs: int, bar: str = "epochs"):
     import keras  # lazy: only the Trainer pays for importing Keras
 
     class EpochProgress(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            start(bar, total_epochs, "epochs")  # the bar's clock starts with training, not epoch 1
+
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             parts = [f"{name} {float(logs[key]):.3f}" for key, name in
