@@ -264,3 +264,28 @@ def test_compiled_structure_matches_the_golden_file(tmp_path):
             f.write("\n")
     with open(GOLDEN) as f:
         assert got == json.load(f), "pipeline structure changed: review, then CXRFLOW_UPDATE_GOLDEN=1 pytest ..."
+
+
+def test_gcs_data_is_listed_from_the_bucket_listing_with_generations():
+    """gs:// data: one listing request per 1,000 objects, and a rewrite (new generation) is seen."""
+    import types
+    from unittest import mock
+
+    from google.cloud import storage
+
+    from cxrflow import stage_cache
+
+    client_cls = mock.create_autospec(storage.Client)
+
+    def blobs(*generations):
+        return [types.SimpleNamespace(name="data/cxr/covid/", size=0, generation=1),  # a folder placeholder
+                types.SimpleNamespace(name="data/cxr/covid/a.png", size=10, generation=generations[0]),
+                types.SimpleNamespace(name="data/cxr/normal/b.png", size=12, generation=generations[1])]
+
+    client_cls.return_value.list_blobs.return_value = blobs(5, 6)
+    first = stage_cache._gcs_listing("gs://bkt/data/cxr", client_cls)
+    assert first == [["covid/a.png", 10, 5], ["normal/b.png", 12, 6]]
+    client_cls.return_value.list_blobs.assert_called_once_with(
+        "bkt", prefix="data/cxr/", fields="items(name,size,generation),nextPageToken")
+    client_cls.return_value.list_blobs.return_value = blobs(5, 7)  # b.png rewritten, same size
+    assert stage_cache._gcs_listing("gs://bkt/data/cxr/", client_cls) != first

@@ -128,7 +128,8 @@ def evaluator(
     from cxrflow.stages.example_gen import split_pattern
 
     config = stage_config(config_json)
-    baseline = served.path if served.metadata.get("found") else None
+    # A served model on gs:// is read by TF through its URI (the /gcs/ mount exists only on Vertex).
+    baseline = (served.uri if "://" in served.uri else served.path) if served.metadata.get("found") else None
     result = run_evaluator(config, model.path, split_pattern(examples.path, "test"), evaluation.path, baseline,
                            train_pattern=split_pattern(examples.path, "train"))
     m = result["metrics"]

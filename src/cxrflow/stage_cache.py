@@ -35,8 +35,24 @@ def _gfile():
     return tf.io.gfile
 
 
+def _gcs_listing(root: str, client_factory: Callable[[], object] | None = None) -> list:
+    """Names, sizes and generations under gs://BUCKET/PREFIX from the bucket listing itself
+    (1,000 objects per request; a stat per file would be one request each). An object's
+    generation changes on every write, even one that keeps its size."""
+    from google.cloud import storage  # lazy: only gs:// data needs the client
+
+    bucket, _, prefix = root[len("gs://"):].partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    client = (client_factory or storage.Client)()
+    blobs = client.list_blobs(bucket, prefix=prefix, fields="items(name,size,generation),nextPageToken")
+    return sorted([b.name[len(prefix):], int(b.size or 0), int(b.generation or 0)]
+                  for b in blobs if not b.name.endswith("/"))
+
+
 def _remote_listing(root: str) -> list:
-    """Names, sizes and modification times under a gs:// (or other gfile) root, like os.walk's."""
+    """Names, sizes and modification times under a gfile root (ram://, ...), like os.walk's."""
+    if root.startswith("gs://"):
+        return _gcs_listing(root)
     gfile = _gfile()
     listing = []
     for dirpath, dirnames, files in gfile.walk(root):
