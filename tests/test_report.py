@@ -341,7 +341,8 @@ def test_gallery_section_shows_each_picture_with_its_facts_escaped(tmp_path):
 
 
 def test_gallery_renders_in_headless_chromium(tmp_path):
-    """The gallery alone, screenshotted: its pictures and the red dashed frames of mistakes show."""
+    """The gallery alone, screenshotted with and without its pictures: the pictures fill the cards
+    and the mistakes' red dashed frames show."""
     browser = "/usr/bin/chromium"
     if not os.path.exists(browser):
         pytest.skip("no /usr/bin/chromium: headless render check not run (apt-get install chromium)")
@@ -349,15 +350,20 @@ def test_gallery_renders_in_headless_chromium(tmp_path):
 
     from cxrflow.report.gallery import gallery_section
 
-    root = fake_run_dir(tmp_path / "run")
-    page = tmp_path / "gallery.html"
-    page.write_text(f"<!DOCTYPE html><html><body>{gallery_section(root)}</body></html>")
-    shot = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1100,1400",
-                    f"file://{page}"], capture_output=True, text=True, timeout=60)
-    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(int)
-    # Reddish pixels: the mistakes' frames (#a00) and the heatmaps; a blank or text-only page has none.
-    reddish = (rgb[..., 0] > 120) & (rgb[..., 0] > rgb[..., 1] + 60)
-    assert reddish.mean() > 0.005, reddish.mean()
+    def screenshot(body: str, name: str) -> np.ndarray:
+        page, shot = tmp_path / f"{name}.html", tmp_path / f"{name}.png"
+        page.write_text(f"<!DOCTYPE html><html><body>{body}</body></html>")
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1100,1400",
+                        f"file://{page}"], capture_output=True, text=True, timeout=60)
+        return np.asarray(Image.open(shot).convert("RGB")).astype(int)
+
+    html = gallery_section(fake_run_dir(tmp_path / "run"))
+    full = screenshot(html, "full")
+    bare = screenshot(re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', html), "bare")
+    ink = [float((rgb.min(axis=2) < 200).mean()) for rgb in (full, bare)]
+    assert ink[0] - ink[1] > 0.2, ink  # the pictures cover a good part of the page
+    # Red (#a00) frames: on the page without pictures only they can be red.
+    reddish = (bare[..., 0] > 120) & (bare[..., 0] > bare[..., 1] + 60)
+    assert reddish.mean() > 0.002, reddish.mean()
