@@ -25,7 +25,6 @@ import argparse
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -33,10 +32,9 @@ import sys
 import time
 import warnings
 
-import numpy as np
-
 import cxrflow
 from bench import common
+from bench.quality_report import TARGETS, adult_or_child, fmt_row, print_report, score, summarise
 
 QUALITY_DIR = os.path.join(common.DATA_DIR, "quality")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,18 +42,6 @@ SRC = os.path.dirname(os.path.abspath(cxrflow.__file__))  # the code measured (m
 REALDATA_DEFAULT = os.path.join(REPO, "..", "shared", "realdata")
 # Sources the benchmark reads (the ones an adapter exists for), and the folder each lives in.
 SOURCES = (("ieee", "ieee"), ("kaggle", "kaggle"), ("actualmed", "actualmed"))
-TARGETS = {"macro_recall_gain": 0.03, "covid_recall_mean": 0.95, "covid_recall_range": 0.10, "train_s": 1200}
-# Config fields that do not change ExampleGen's output (the cache key leaves them out). A field
-# not listed here (e.g. one added later) keys the cache, which can only cost a re-run.
-_NOT_EXAMPLES = {
-    "image_size", "normalization", "resize_mode", "resample", "oversample_ratio", "class_weights", "balance_by",
-    "model", "weights", "epochs", "batch_size", "learning_rate", "early_stopping_patience", "augmentation",
-    "weight_decay", "deterministic", "label_smoothing", "dropout", "tta", "min_recall", "min_macro_recall",
-    "max_regression", "serving_dir", "model_name", "keep_versions", "vertex_model", "vertex_project",
-    "vertex_region", "vertex_endpoint", "vertex_serving_image", "work_dir", "base_image", "beam_args",
-    "trainer_resources", "default_resources", "monitor", "warmup_epochs",
-}
-_TRANSFORM_FIELDS = ("image_size", "normalization", "resize_mode")
 _EXAMPLES_CODE = ("sources", "stages/example_gen.py", "stages/splitting.py", "images.py", "features.py")
 _TRANSFORM_CODE = ("stages/transform.py",)
 
@@ -85,15 +71,29 @@ def _key(*parts) -> str:
 def _cached(kind: str, key: str, run) -> str:
     """`QUALITY_DIR/<kind>-<key>`, made by run(tmp_dir) once and renamed into place atomically."""
     out = os.path.join(QUALITY_DIR, f"{kind}-{key}")
+    tmp = out + ".tmp"
+    while not os.path.exists(os.path.join(out, "_COMPLETE")) and _owner_alive(tmp):
+        time.sleep(15)  # another benchmark process is making this very output: wait for it
     if not os.path.exists(os.path.join(out, "_COMPLETE")):
-        tmp = out + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
+        with open(os.path.join(tmp, "_OWNER"), "w") as f:
+            f.write(str(os.getpid()))
         run(tmp)
         open(os.path.join(tmp, "_COMPLETE"), "w").close()
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     return out
+
+
+def _owner_alive(tmp: str) -> bool:
+    try:
+        with open(os.path.join(tmp, "_OWNER")) as f:
+            pid = int(f.read())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return pid != os.getpid()
 
 
 def build_config(root: str, seed: int, image_size: int, epochs: int | None, overrides: list[str]):
@@ -124,52 +124,6 @@ def build_config(root: str, seed: int, image_size: int, epochs: int | None, over
     return PipelineConfig.from_dict(raw)
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
-    """Wilson score 95% interval of k/n: sound at small n and at 0 or n (unlike a bootstrap)."""
-    if n == 0:
-        return None
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
-
-
-def adult_or_child(group: str) -> str:
-    """child / adult / unknown from an age_group value (the older 0-17/18-39/... bins too)."""
-    if group in ("child", "adult"):
-        return group
-    if not group:
-        return "unknown"
-    return "child" if group.startswith("0-") else "adult"
-
-
-def score(labels, probs, groups, classes) -> dict:
-    """Macro and per-class recall, macro AUC (sklearn), and per-age-group recall counts."""
-    from sklearn.metrics import recall_score, roc_auc_score
-
-    labels, probs = np.asarray(labels), np.asarray(probs)
-    pred = probs.argmax(axis=1)
-    k = list(range(len(classes)))
-    recalls = recall_score(labels, pred, labels=k, average=None, zero_division=0)
-    try:
-        auc = float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=k))
-    except ValueError:  # a class absent from test: AUC undefined
-        auc = float("nan")
-    by_group: dict = {}
-    for g in sorted(set(groups)):
-        for i, c in enumerate(classes):
-            mask = (np.asarray(groups) == g) & (labels == i)
-            n = int(mask.sum())
-            if n:
-                hits = {classes[j]: int(((pred == j) & mask).sum()) for j in k}
-                by_group.setdefault(g, {})[c] = {"n": n, "correct": hits[c], "predicted": hits,
-                                                "recall": round(hits[c] / n, 4), "ci95": wilson(hits[c], n)}
-    return {"macro_recall": round(float(recalls.mean()), 4),
-            "recall": {c: round(float(r), 4) for c, r in zip(classes, recalls, strict=True)},
-            "covid_recall": round(float(recalls[classes.index("covid")]), 4), "macro_auc": round(auc, 4),
-            "n_test": int(len(labels)), "by_age_group": by_group}
-
-
 def _test_groups(examples_dir: str) -> list[str]:
     """Age group of every test example, in the order the evaluator's predict_split reads them."""
     import tensorflow as tf
@@ -180,7 +134,47 @@ def _test_groups(examples_dir: str) -> list[str]:
             for r in tf.data.TFRecordDataset(files)]
 
 
-def run_seed(config, label: str, skip_baseline: bool) -> dict:
+def _stage_settings(config, stage: str) -> dict:
+    """The config fields a stage reads (config.stage_fields), so an ablation of a Trainer knob
+    reuses ExampleGen's and Transform's outputs."""
+    from cxrflow.config import stage_fields
+
+    values = json.loads(config.to_json())
+    return {k: values[k] for k in stage_fields(stage) if k not in ("work_dir", "beam_args")}
+
+
+def rescore_seed(config, label: str, skip_baseline: bool) -> dict | None:
+    """Scores a finished run of this label and seed again from its model, without training (for a
+    benchmark process that was stopped after some seeds). None when that seed's run is unfinished.
+    trainer_s is then the time between Resample's and the Trainer's output files."""
+    from cxrflow.io_utils import read_json
+    from cxrflow.stages.evaluator import predict_split
+    from cxrflow.stages.example_gen import split_pattern
+
+    run_dir = os.path.join(QUALITY_DIR, "runs", label, f"seed{config.seed}")
+    summary_path = os.path.join(run_dir, "trainer", "training_summary.json")
+    if not os.path.exists(os.path.join(run_dir, "model", "saved_model.pb")) or not os.path.exists(summary_path):
+        return None
+    ex_key = _key(_stage_settings(config, "example_gen"), _code_hash(_EXAMPLES_CODE))
+    examples = os.path.join(QUALITY_DIR, f"examples-{ex_key}")
+    resample_path = os.path.join(run_dir, "resample", "resample.json")
+    resample, summary = read_json(resample_path), read_json(summary_path)
+    labels, probs, _ = predict_split(os.path.join(run_dir, "model"), split_pattern(examples, "test"),
+                                     list(config.classes))
+    groups = _test_groups(examples)
+    out = {"cxrflow": score(labels, probs, groups, list(config.classes)),
+           "times": {"trainer_s": round(os.path.getmtime(summary_path) - os.path.getmtime(resample_path), 1)},
+           "epochs_run": summary["epochs_run"], "rescored": True,
+           "splits": read_json(os.path.join(examples, "ingest_report.json"))["splits"],
+           "resample": {k: resample.get(k) for k in ("counts_after", "mix_before", "mix_after", "unbalanced")}}
+    base_key = _key(ex_key, config.image_size, config.epochs,
+                    open(os.path.join(REPO, "bench", "quality_baseline.py")).read())
+    if not skip_baseline and os.path.exists(os.path.join(QUALITY_DIR, f"baseline-{base_key}", "_COMPLETE")):
+        out["baseline"] = _baseline(examples, config, base_key, groups)
+    return out
+
+
+def run_seed(config, label: str, skip_baseline: bool, baseline_only: bool = False) -> dict:
     from cxrflow.io_utils import read_json
     from cxrflow.stages.evaluator import predict_split, run_evaluator
     from cxrflow.stages.example_gen import run_example_gen, split_pattern
@@ -188,7 +182,6 @@ def run_seed(config, label: str, skip_baseline: bool) -> dict:
     from cxrflow.stages.trainer import run_trainer
     from cxrflow.stages.transform import run_transform
 
-    settings = json.loads(config.to_json())
     times: dict[str, float] = {}
 
     def step(name, fn, *args):
@@ -197,9 +190,13 @@ def run_seed(config, label: str, skip_baseline: bool) -> dict:
         times[name] = round(time.perf_counter() - start, 1)
         return out
 
-    ex_key = _key({k: v for k, v in settings.items() if k not in _NOT_EXAMPLES}, _code_hash(_EXAMPLES_CODE))
+    ex_key = _key(_stage_settings(config, "example_gen"), _code_hash(_EXAMPLES_CODE))
     examples = step("example_gen_s", _cached, "examples", ex_key, lambda d: run_example_gen(config, d))
-    tf_key = _key(ex_key, {k: settings.get(k) for k in _TRANSFORM_FIELDS}, _code_hash(_TRANSFORM_CODE))
+    base_key = _key(ex_key, config.image_size, config.epochs,
+                    open(os.path.join(REPO, "bench", "quality_baseline.py")).read())
+    if baseline_only:
+        return {"baseline": _baseline(examples, config, base_key, _test_groups(examples)), "times": times}
+    tf_key = _key(ex_key, _stage_settings(config, "transform"), _code_hash(_TRANSFORM_CODE))
     transform = step("transform_s", _cached, "transform", tf_key,
                      lambda d: run_transform(config, split_pattern(examples, "train"), d))
     report = read_json(os.path.join(examples, "ingest_report.json"))
@@ -222,9 +219,9 @@ def run_seed(config, label: str, skip_baseline: bool) -> dict:
            "epochs_run": summary["epochs_run"], "splits": report["splits"], "evaluator_error": evaluator_error,
            "resample": {k: resample.get(k) for k in ("counts_after", "mix_before", "mix_after", "unbalanced")}}
     if not skip_baseline:
-        base_key = _key(ex_key, config.image_size, config.epochs, _code_hash(()),
-                        open(os.path.join(REPO, "bench", "quality_baseline.py")).read())
         out["baseline"] = _baseline(examples, config, base_key, groups)
+    with open(os.path.join(run_dir, "seed_result.json"), "w") as f:
+        json.dump(out, f, indent=1)
     return out
 
 
@@ -242,74 +239,6 @@ def _baseline(examples: str, config, key: str, groups) -> dict:
         return json.load(f)
 
 
-def summarise(per_seed: dict[int, dict], train_limit_s: float) -> dict:
-    """Means, ranges, pooled age-group counts over seeds, and the targets."""
-    def sides():
-        return [s for s in ("cxrflow", "baseline") if all(s in r for r in per_seed.values())]
-
-    out: dict = {}
-    for side in sides():
-        rows = [r[side] for r in per_seed.values()]
-        covid = [r["covid_recall"] for r in rows]
-        pooled: dict = {}
-        for r in rows:
-            for g, by_class in r["by_age_group"].items():
-                for c, cell in by_class.items():
-                    p = pooled.setdefault(g, {}).setdefault(c, {"n": 0, "correct": 0, "called_covid": 0})
-                    p["n"] += cell["n"]
-                    p["correct"] += cell["correct"]
-                    p["called_covid"] += cell["predicted"].get("covid", 0)
-        for by_class in pooled.values():
-            for cell in by_class.values():
-                cell["recall"] = round(cell["correct"] / cell["n"], 4)
-                cell["ci95"] = wilson(cell["correct"], cell["n"])
-        out[side] = {"macro_recall_mean": round(float(np.mean([r["macro_recall"] for r in rows])), 4),
-                     "covid_recall_mean": round(float(np.mean(covid)), 4),
-                     "covid_recall_range": round(max(covid) - min(covid), 4),
-                     "macro_auc_mean": round(float(np.nanmean([r["macro_auc"] for r in rows])), 4),
-                     "by_age_group_pooled": pooled}
-    train_max = max(r["times"]["trainer_s"] for r in per_seed.values())
-    cx = out["cxrflow"]
-    checks = {"covid_recall_mean": cx["covid_recall_mean"] >= TARGETS["covid_recall_mean"],
-              "covid_recall_range": cx["covid_recall_range"] <= TARGETS["covid_recall_range"],
-              "train_s": train_max <= train_limit_s}
-    if "baseline" in out:
-        gain = cx["macro_recall_mean"] - out["baseline"]["macro_recall_mean"]
-        out["macro_recall_gain"] = round(gain, 4)
-        checks["macro_recall_gain"] = gain >= TARGETS["macro_recall_gain"]
-    out.update(checks=checks, ok=all(checks.values()), trainer_s_max=train_max)
-    return out
-
-
-def _fmt_row(name: str, r: dict) -> str:
-    adult = r["by_age_group"].get("adult", {})
-    cells = "  ".join(f"adult {c} {v['correct']}/{v['n']} (covid {v['predicted'].get('covid', 0)})"
-                      for c, v in adult.items() if c != "covid")
-    return (f"  {name:<9} macro recall {r['macro_recall']:.3f}  covid recall {r['covid_recall']:.3f}  "
-            f"macro AUC {r['macro_auc']:.3f}  {cells}")
-
-
-def print_report(per_seed: dict, summary: dict) -> None:
-    for seed, r in per_seed.items():
-        print(f"seed {seed} (train {r['times']['trainer_s']:.0f}s, {r['epochs_run']} epochs; "
-              f"baseline train {r.get('baseline', {}).get('train_s', 0):.0f}s):")
-        for side in ("cxrflow", "baseline"):
-            if side in r:
-                print(_fmt_row(side, r[side]))
-    for side in ("cxrflow", "baseline"):
-        if side not in summary:
-            continue
-        s = summary[side]
-        print(f"mean {side:<9} macro recall {s['macro_recall_mean']:.3f}  covid recall {s['covid_recall_mean']:.3f} "
-              f"(range {s['covid_recall_range']:.3f})  macro AUC {s['macro_auc_mean']:.3f}")
-        for g, by_class in s["by_age_group_pooled"].items():
-            print(f"    {g:<8} " + "  ".join(
-                f"{c} {v['correct']}/{v['n']} = {v['recall']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"
-                f" (called covid {v['called_covid']})" for c, v in by_class.items()))
-    verdict = ", ".join(f"{k} {'ok' if v else 'MISS'}" for k, v in summary["checks"].items())
-    print(f"targets: {verdict}")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (each also picks the split)")
@@ -318,6 +247,10 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--skip-baseline", action="store_true", help="cxrflow only (ablations)")
     parser.add_argument("--label", default="", help="name of this configuration in results.json")
+    parser.add_argument("--rescore", action="store_true",
+                        help="no training: score the finished seeds of an earlier run of this label again")
+    parser.add_argument("--baseline-only", action="store_true",
+                        help="ExampleGen + the bare baseline only (fills the cache; writes no results)")
     args = parser.parse_args(argv)
     root = realdata_root()
     if root is None:
@@ -333,8 +266,19 @@ def main(argv=None) -> int:
         config = build_config(root, seed, args.image_size, args.epochs, args.set)
         configs[seed] = config
         print(f"== quality {label}: seed {seed}, data {[d.split(':')[0] for d in config.data]} ==", flush=True)
-        per_seed[seed] = run_seed(config, label, args.skip_baseline)
-        print(_fmt_row("cxrflow", per_seed[seed]["cxrflow"]), flush=True)
+        if args.rescore:
+            result = rescore_seed(config, label, args.skip_baseline)
+            if result is None:
+                print(f"quality: no finished run of {label} for seed {seed}: left out", flush=True)
+                continue
+            per_seed[seed] = result
+        else:
+            per_seed[seed] = run_seed(config, label, args.skip_baseline, args.baseline_only)
+        side = "baseline" if args.baseline_only else "cxrflow"
+        print(fmt_row(side, per_seed[seed][side]), flush=True)
+    if args.baseline_only or not per_seed:
+        return 0
+    seeds = list(per_seed)
     summary = summarise(per_seed, TARGETS["train_s"])
     print_report(per_seed, summary)
     cfg = json.loads(configs[seeds[0]].to_json())

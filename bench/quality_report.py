@@ -1,0 +1,124 @@
+"""Scoring and printing for the quality benchmark (bench/quality.py): sklearn metrics per seed,
+recall per class within each age group with Wilson intervals, means over seeds and the targets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+TARGETS = {"macro_recall_gain": 0.03, "covid_recall_mean": 0.95, "covid_recall_range": 0.10, "train_s": 1200}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """Wilson score 95% interval of k/n: sound at small n and at 0 or n (unlike a bootstrap)."""
+    if n == 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+def adult_or_child(group: str) -> str:
+    """child / adult / unknown from an age_group value (the older 0-17/18-39/... bins too)."""
+    if group in ("child", "adult"):
+        return group
+    if not group:
+        return "unknown"
+    return "child" if group.startswith("0-") else "adult"
+
+
+def score(labels, probs, groups, classes) -> dict:
+    """Macro and per-class recall, macro AUC (sklearn), and per-age-group recall counts."""
+    from sklearn.metrics import recall_score, roc_auc_score
+
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    pred = probs.argmax(axis=1)
+    k = list(range(len(classes)))
+    recalls = recall_score(labels, pred, labels=k, average=None, zero_division=0)
+    try:
+        auc = float(roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=k))
+    except ValueError:  # a class absent from test: AUC undefined
+        auc = float("nan")
+    by_group: dict = {}
+    for g in sorted(set(groups)):
+        for i, c in enumerate(classes):
+            mask = (np.asarray(groups) == g) & (labels == i)
+            n = int(mask.sum())
+            if n:
+                hits = {classes[j]: int(((pred == j) & mask).sum()) for j in k}
+                by_group.setdefault(g, {})[c] = {"n": n, "correct": hits[c], "predicted": hits,
+                                                "recall": round(hits[c] / n, 4), "ci95": wilson(hits[c], n)}
+    return {"macro_recall": round(float(recalls.mean()), 4),
+            "recall": {c: round(float(r), 4) for c, r in zip(classes, recalls, strict=True)},
+            "covid_recall": round(float(recalls[classes.index("covid")]), 4), "macro_auc": round(auc, 4),
+            "n_test": int(len(labels)), "by_age_group": by_group}
+
+
+def summarise(per_seed: dict[int, dict], train_limit_s: float) -> dict:
+    """Means, ranges, pooled age-group counts over seeds, and the targets."""
+    def sides():
+        return [s for s in ("cxrflow", "baseline") if all(s in r for r in per_seed.values())]
+
+    out: dict = {}
+    for side in sides():
+        rows = [r[side] for r in per_seed.values()]
+        covid = [r["covid_recall"] for r in rows]
+        pooled: dict = {}
+        for r in rows:
+            for g, by_class in r["by_age_group"].items():
+                for c, cell in by_class.items():
+                    p = pooled.setdefault(g, {}).setdefault(c, {"n": 0, "correct": 0, "called_covid": 0})
+                    p["n"] += cell["n"]
+                    p["correct"] += cell["correct"]
+                    p["called_covid"] += cell["predicted"].get("covid", 0)
+        for by_class in pooled.values():
+            for cell in by_class.values():
+                cell["recall"] = round(cell["correct"] / cell["n"], 4)
+                cell["ci95"] = wilson(cell["correct"], cell["n"])
+        out[side] = {"macro_recall_mean": round(float(np.mean([r["macro_recall"] for r in rows])), 4),
+                     "covid_recall_mean": round(float(np.mean(covid)), 4),
+                     "covid_recall_range": round(max(covid) - min(covid), 4),
+                     "macro_auc_mean": round(float(np.nanmean([r["macro_auc"] for r in rows])), 4),
+                     "by_age_group_pooled": pooled}
+    train_max = max(r["times"]["trainer_s"] for r in per_seed.values())
+    cx = out["cxrflow"]
+    checks = {"covid_recall_mean": cx["covid_recall_mean"] >= TARGETS["covid_recall_mean"],
+              "covid_recall_range": cx["covid_recall_range"] <= TARGETS["covid_recall_range"],
+              "train_s": train_max <= train_limit_s}
+    if "baseline" in out:
+        gain = cx["macro_recall_mean"] - out["baseline"]["macro_recall_mean"]
+        out["macro_recall_gain"] = round(gain, 4)
+        checks["macro_recall_gain"] = gain >= TARGETS["macro_recall_gain"]
+    out.update(checks=checks, ok=all(checks.values()), trainer_s_max=train_max)
+    return out
+
+
+def fmt_row(name: str, r: dict) -> str:
+    adult = r["by_age_group"].get("adult", {})
+    cells = "  ".join(f"adult {c} {v['correct']}/{v['n']} (covid {v['predicted'].get('covid', 0)})"
+                      for c, v in adult.items() if c != "covid")
+    return (f"  {name:<9} macro recall {r['macro_recall']:.3f}  covid recall {r['covid_recall']:.3f}  "
+            f"macro AUC {r['macro_auc']:.3f}  {cells}")
+
+
+def print_report(per_seed: dict, summary: dict) -> None:
+    for seed, r in per_seed.items():
+        print(f"seed {seed} (train {r['times']['trainer_s']:.0f}s, {r['epochs_run']} epochs; "
+              f"baseline train {r.get('baseline', {}).get('train_s', 0):.0f}s):")
+        for side in ("cxrflow", "baseline"):
+            if side in r:
+                print(fmt_row(side, r[side]))
+    for side in ("cxrflow", "baseline"):
+        if side not in summary:
+            continue
+        s = summary[side]
+        print(f"mean {side:<9} macro recall {s['macro_recall_mean']:.3f}  covid recall {s['covid_recall_mean']:.3f} "
+              f"(range {s['covid_recall_range']:.3f})  macro AUC {s['macro_auc_mean']:.3f}")
+        for g, by_class in s["by_age_group_pooled"].items():
+            print(f"    {g:<8} " + "  ".join(
+                f"{c} {v['correct']}/{v['n']} = {v['recall']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"
+                f" (called covid {v['called_covid']})" for c, v in by_class.items()))
+    verdict = ", ".join(f"{k} {'ok' if v else 'MISS'}" for k, v in summary["checks"].items())
+    print(f"targets: {verdict}")
