@@ -107,19 +107,25 @@ class Console:
             self.out.write(text + "\n")
         self.out.flush()
 
+    def _mark(self, symbol: str, plain: str, colour: str) -> str:
+        """A terminal gets a symbol (coloured unless NO_COLOR is set, see no-color.org); a pipe a word."""
+        if not self.tty:
+            return plain
+        return f"\x1b[{colour}m{symbol}\x1b[0m" if colour and not os.environ.get("NO_COLOR") else symbol
+
     def stage_started(self, task: str) -> None:
         if task not in STAGE_NAMES:  # pipeline plumbing (e.g. looking up the served model): its end line will do
             return
-        self.line(f"{'▶' if self.tty else '->'} {stage_name(task)} ...")
+        self.line(f"{self._mark('▶', '->', '')} {stage_name(task)} ...")
 
     def stage_finished(self, task: str, seconds: float, figure: str) -> None:
         self.close_bars()
-        self.line(f"{'✔' if self.tty else 'ok'} {stage_name(task)} done in {seconds:.1f} s"
+        self.line(f"{self._mark('✔', 'ok', '32')} {stage_name(task)} done in {seconds:.1f} s"
                   + (f": {figure}" if figure else ""))
 
     def stage_failed(self, task: str, seconds: float, reason: str, log_path: str) -> None:
         self.close_bars()
-        self.line(f"{'✘' if self.tty else 'FAILED'} {stage_name(task)} failed after {seconds:.1f} s: {reason}")
+        self.line(f"{self._mark('✘', 'FAILED', '31')} {stage_name(task)} failed after {seconds:.1f} s: {reason}")
         self.line(f"    log: {log_path}")
 
     def progress(self, event: dict) -> None:
