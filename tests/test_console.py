@@ -108,6 +108,14 @@ def test_verbose_streams_every_line_and_still_keeps_the_logs(tmp_path):
     assert "counts: 3\n" in (tmp_path / "logs" / "resample.log").read_text()
 
 
+def test_an_interrupted_stage_is_named_with_its_log(tmp_path):
+    out = io.StringIO()
+    router = console.StageRouter(console.Console(out, tty=False), str(tmp_path / "logs"), str(tmp_path))
+    router.write("12:00:00.000 - INFO - Executing task 'trainer'\n    Epoch 1/30\n")
+    router.close()
+    assert out.getvalue().splitlines()[-1] == f"Trainer interrupted; log: {tmp_path / 'logs' / 'trainer.log'}"
+
+
 def test_failure_reason_without_a_traceback_is_the_last_line(tmp_path):
     log = tmp_path / "t.log"
     log.write_text("starting\nKilled\n\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import json
 import os
 import re
@@ -145,14 +146,19 @@ class Console:
         self.bars.clear()
 
 
-class StageRouter:
-    """Receives everything kfp.local prints and sends each line to its stage's log."""
+class StageRouter(io.TextIOBase):
+    """Receives everything kfp.local prints and sends each line to its stage's log.
+
+    A text stream (io.TextIOBase) so that whatever takes it for sys.stdout or sys.stderr finds
+    the usual attributes.
+    """
+
+    encoding = "utf-8"
 
     def __init__(self, console: Console, logs_dir: str, pipeline_root: str, echo: TextIO | None = None):
         self.console, self.logs_dir, self.pipeline_root, self.echo = console, logs_dir, pipeline_root, echo
         self.lock = threading.RLock()  # fail() runs both from a finished line and from capture()
         self.buffer = ""
-        self.task: str | None = None  # the stage whose lines are arriving
         self.running: str | None = None  # started and not yet finished
         self.started = 0.0
         self.log: TextIO | None = None
@@ -183,6 +189,9 @@ class StageRouter:
     def isatty(self) -> bool:
         return False
 
+    def writable(self) -> bool:
+        return True
+
     def _line(self, raw: str) -> None:
         plain = _ANSI.sub("", raw)
         content = plain.strip()
@@ -194,10 +203,10 @@ class StageRouter:
             return
         executing = _EXECUTING.search(plain)
         if executing:
-            self.task = self.running = executing.group(1)
+            self.running = executing.group(1)
             self.started = time.monotonic()
-            self._open(f"{self.task}.log")
-            self.console.stage_started(self.task)
+            self._open(f"{self.running}.log")
+            self.console.stage_started(self.running)
         if self.echo is not None:
             self.echo.write(raw + "\n")
             self.echo.flush()
@@ -241,6 +250,9 @@ class StageRouter:
             if self.buffer:
                 self._line(self.buffer)
                 self.buffer = ""
+            if self.running is not None:  # interrupted (Ctrl-C): say where, and where its log is
+                self.console.line(f"{stage_name(self.running)} interrupted; log: {self.log_path(self.running)}")
+                self.running = None
             if self.log is not None:
                 self.log.close()
                 self.log = None
