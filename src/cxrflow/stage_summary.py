@@ -12,8 +12,11 @@ import json
 import os
 import re
 
+from cxrflow import features as fk
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure|Failed)\w*)(?::\s*(.*))?$")
+
 
 def _read_json(path: str) -> dict | None:
     try:
@@ -45,9 +48,8 @@ def _example_gen_figure(task_dir: str) -> str:
     report = _find(task_dir, "ingest_report.json")
     if not report:
         return ""
-    order = ("train", "eval", "test")  # JSON keys come back sorted: pipeline order instead
-    splits = {s: sum(c.values()) for s, c in sorted(report["splits"].items(), key=lambda kv: (
-        order.index(kv[0]) if kv[0] in order else len(order), kv[0]))}
+    # JSON keys come back sorted: pipeline order instead.
+    splits = {s: sum(report["splits"][s].values()) for s in fk.SPLITS if s in report["splits"]}
     return (f"{sum(splits.values())} images kept ({', '.join(f'{s} {n}' for s, n in splits.items())}), "
             f"{len(report.get('skipped', []))} excluded")
 
