@@ -117,3 +117,33 @@ def test_unknown_age_group_is_named():
     out = age_group_metrics(np.array([0, 1]), np.eye(2), {fk.AGE_GROUP_KEY: ["", ""],
                                                           fk.PATIENT_ID_KEY: ["a", "b"]}, ("x", "y"), seed=0)
     assert list(out) == ["(unknown)"]
+
+
+def test_report_shows_the_shortcut_warnings_and_age_groups_of_a_run(tmp_path):
+    from cxrflow.report import build_report
+    from tests.test_report import fake_run_dir
+
+    run_dir = fake_run_dir(tmp_path / "run")
+    path = os.path.join(run_dir, "metrics.json")
+    metrics = json.load(open(path))
+    classes = metrics["classes"]
+    per = {c: {"recall": 0.5, "support": 2} for c in classes}
+    metrics["shortcut"] = {
+        "trait_probe": {"metrics": {"macro_recall": 0.9, "per_class": per}, "cnn_macro_recall": 0.85,
+                        "model": "RandomForestClassifier", "train_n": 12, "importance": {"trait_bytes": 0.7},
+                        "thresholds": {"margin": 0.05, "max_macro_recall": 0.8}, "warning": "probe <b>warns</b>"},
+        "lungs_hidden": {"skipped": "failed: ValueError: no images"},
+        "warnings": ["probe <b>warns</b>"],
+    }
+    metrics["by_age_group"] = {"adult": {"n": 3, "per_class": {
+        classes[0]: {"recall": 0.25, "recall_ci95": [0.0, 0.75], "support": 4, "specificity": None,
+                     "specificity_ci95": [None, None]}}}}
+    json.dump(metrics, open(path, "w"))
+    html = open(build_report(run_dir), encoding="utf-8").read()
+    section = html.split('<section id="shortcut">', 1)[1].split("</section>", 1)[0]
+    assert '<p class="note">Warning: probe &lt;b&gt;warns&lt;/b&gt;</p>' in section  # escaped, boxed
+    assert "not run: failed: ValueError: no images" in section
+    assert "0.900" in section and "trait_bytes 0.70" in section
+    ages = html.split('<section id="age">', 1)[1].split("</section>", 1)[0]
+    assert "0.250 [0.000, 0.750] (n=4)" in ages
+    assert 'id="external"' not in html and 'id="blessing"' in html  # a run: blessed or not, never external
