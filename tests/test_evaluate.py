@@ -147,3 +147,31 @@ def test_report_shows_the_shortcut_warnings_and_age_groups_of_a_run(tmp_path):
     ages = html.split('<section id="age">', 1)[1].split("</section>", 1)[0]
     assert "0.250 [0.000, 0.750] (n=4)" in ages
     assert 'id="external"' not in html and 'id="blessing"' in html  # a run: blessed or not, never external
+
+
+def test_a_single_class_test_source_is_evaluated_with_the_probe_and_no_invented_auc(
+        trained_model, tiny_config, tiny_data, tmp_path):
+    """--test-source: one held-out source holding only COVID films is the whole test split."""
+    from cxrflow.stages.evaluator import run_evaluator
+    from cxrflow.stages.example_gen import run_example_gen, split_pattern
+
+    other = str(tmp_path / "other")
+    write_sample_dataset(other, per_class=6, classes=("covid",), render_size=48, size_range=(48, 56), seed=11)
+    config = tiny_config.replace(data=(f"folders:{tiny_data}", f"folders:{other}"), test_source="folders:other")
+    examples = str(tmp_path / "examples")
+    report = run_example_gen(config, examples)
+    assert report["splits"]["test"] == {"covid": 6, "bacterial": 0, "normal": 0}
+    out = str(tmp_path / "eval")
+    result = run_evaluator(config, trained_model, split_pattern(examples, "test"), out,
+                           train_pattern=split_pattern(examples, "train"))
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics == json.loads(json.dumps(result["metrics"]))
+    said = _served_predictions(trained_model, _files(other), list(config.classes))
+    assert metrics["n"] == 6 and metrics["per_class"]["covid"]["recall"] == pytest.approx(said.count("covid") / 6)
+    assert all(m["auc"] is None for m in metrics["per_class"].values())
+    assert metrics["classes_absent"] == ["bacterial", "normal"]
+    probe = metrics["shortcut"]["trait_probe"]
+    assert probe["train_n"] == sum(report["splits"]["train"].values())  # fitted on train alone
+    assert probe["metrics"]["per_class"]["covid"]["support"] == 6
+    assert "one class present" in metrics["shortcut"]["lungs_hidden"]["note"]
+    assert metrics["shortcut"]["lungs_hidden"]["warning"] is None
