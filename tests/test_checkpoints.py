@@ -85,3 +85,38 @@ def test_no_backup_starts_at_epoch_zero(tmp_path):
     cb = ResumableTraining(str(tmp_path / "none"), str(tmp_path / "best.weights.h5"), patience=10)
     assert _fit(_model(), [cb], epochs=2).epoch == [0, 1]
     shutil.rmtree(tmp_path / "none")
+
+
+class _ValLoss(keras.callbacks.Callback):
+    def __init__(self, losses):
+        super().__init__()
+        self.losses = losses
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_loss"] = self.losses[epoch]
+
+
+def test_a_later_phase_replaces_the_best_weights_only_with_better_ones(tmp_path):
+    """Fine-tuning starts from the head phase's best score, not from infinity (one best across phases)."""
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    best_path = str(tmp_path / "best.weights.h5")
+    head = _model()
+    first = ResumableTraining(str(tmp_path / "head"), best_path, patience=5)
+    head.fit(x, np.array([0, 1] * 4), epochs=2, verbose=0, callbacks=[_ValLoss([0.9, 0.4]), first])
+    head_best = [w.copy() for w in head.get_weights()]
+    assert first.best == 0.4
+
+    finetune = _model()  # other weights: were they saved, best_path would change
+    second = ResumableTraining(str(tmp_path / "finetune"), best_path, patience=5, initial_best=first.best)
+    finetune.fit(x, np.array([0, 1] * 4), epochs=2, verbose=0, callbacks=[_ValLoss([0.6, 0.5]), second])
+    reloaded = _model()
+    reloaded.load_weights(best_path)
+    for a, b in zip(head_best, reloaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert second.best == 0.4 and second.wait == 2
+
+    third = ResumableTraining(str(tmp_path / "third"), best_path, patience=5, initial_best=second.best)
+    finetune.fit(x, np.array([0, 1] * 4), epochs=1, verbose=0, callbacks=[_ValLoss([0.3]), third])
+    reloaded.load_weights(best_path)
+    for a, b in zip(finetune.get_weights(), reloaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

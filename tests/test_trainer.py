@@ -1,4 +1,5 @@
 import base64
+import hashlib
 import json
 import os
 
@@ -173,3 +174,174 @@ def test_rotate_and_zoom_geometry():
     zoomed = data._rotate_and_zoom(tf.constant(image), tf.constant([0.0]), tf.constant([2.0])).numpy()
     y, x = np.unravel_index(zoomed[0, :, :, 0].argmax(), (33, 33))
     assert (y, x) == (16, 32)  # zooming in by 2 doubles the distance from the centre
+
+
+# --- ML defaults (issue 11, part 2) ------------------------------------------------------------
+
+
+def _film(n=4, size=TINY_SIZE):
+    """A batch of `n` copies of a rendered chest film in [0,1] (not a constant: curves must act)."""
+    from cxrflow.stages.transform import decode_grayscale
+
+    return tf.repeat(decode_grayscale(tf.constant(png_bytes()), size)[None], n, axis=0)
+
+
+def test_intensity_augmentation_survives_per_image_standardisation():
+    """Brightness and contrast alone are undone exactly by the CNN's first layer; the gamma curve is not."""
+    from cxrflow.config import Augmentation
+    from cxrflow.trainer.models import PerImageStandardization
+
+    images = _film()
+    standardize = PerImageStandardization()
+    intensity_only = Augmentation(noise=0, rotation_deg=0, zoom=0)  # default brightness, contrast (and gamma)
+    augmented, _ = data.make_augmenter(intensity_only, seed=1)(images, tf.zeros([4], tf.int64))
+    seen = np.abs(standardize(augmented).numpy() - standardize(images).numpy()).max(axis=(1, 2, 3))
+    # Float error alone stays near 1e-6; a gamma of exp(+-0.3) moves standardised pixels by up to ~0.5.
+    assert (seen > 1e-3).all() and seen.max() > 0.1, seen
+    # Independent check of the curve: a gamma of g maps each image's range onto itself as x ** g.
+    gammas = np.exp(np.linspace(-0.3, 0.3, 4, dtype=np.float32)).reshape(4, 1, 1, 1)
+    x = images.numpy()
+    np.testing.assert_allclose(data._gamma(images, tf.constant(gammas)).numpy(),
+                               x.min() + (x.max() - x.min()) * ((x - x.min()) / (x.max() - x.min())) ** gammas,
+                               atol=1e-5)
+
+
+def test_augmentation_depends_on_seed_and_batch_number_only():
+    augment = data.make_augmenter(PipelineConfig().augmentation, seed=3)
+    images, labels = _film(), tf.zeros([4], tf.int64)
+    first = augment(images, labels, tf.constant(5, tf.int64))[0].numpy()
+    np.testing.assert_array_equal(first, augment(images, labels, tf.constant(5, tf.int64))[0].numpy())
+    assert not np.allclose(first, augment(images, labels, tf.constant(6, tf.int64))[0].numpy())
+    assert not np.allclose(first, data.make_augmenter(PipelineConfig().augmentation, seed=4)(images, labels, 5)[0])
+
+
+def test_translation_moves_the_image_by_the_shift():
+    image = np.zeros((1, 33, 33, 1), np.float32)
+    image[0, 16, 16, 0] = 1.0
+    moved = data._rotate_and_zoom(tf.constant(image), tf.constant([0.0]), tf.constant([1.0]),
+                                  tf.constant([[3.0, -5.0]])).numpy()
+    assert np.unravel_index(moved[0, :, :, 0].argmax(), (33, 33)) == (19, 11)
+
+
+def test_weight_decay_is_a_knob_that_really_decays():
+    """Keras' AdamW shrinks each weight by learning_rate * weight_decay per step: 1e-4 gave ~1e-7."""
+    from cxrflow.stages.trainer import optimizer_for
+
+    config = PipelineConfig()
+    assert config.weight_decay >= 1e-2
+    for wd in (config.weight_decay, 0.05):
+        kernel = keras.Variable(np.ones((3, 3), np.float32), name="kernel")
+        bias = keras.Variable(np.ones((3,), np.float32), name="bias")
+        optimizer = optimizer_for(config.replace(weight_decay=wd), 1e-3)
+        optimizer.apply([np.zeros((3, 3), np.float32), np.zeros((3,), np.float32)], [kernel, bias])
+        np.testing.assert_allclose(1 - kernel.numpy(), 1e-3 * wd, rtol=1e-2)  # zero gradient: decay alone
+        np.testing.assert_array_equal(bias.numpy(), 1.0)  # biases are not decayed
+
+
+def test_zscore_with_a_transfer_model_is_refused():
+    """Transfer models map [0,1] to their backbone's range; zscore input would be scaled twice."""
+    from cxrflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match="zscore"):
+        PipelineConfig(model="mobilenetv2", normalization="zscore")
+    PipelineConfig(model="cnn", normalization="zscore")
+
+
+def test_transfer_backbone_initialisation_follows_the_seed():
+    weights = [build_model("mobilenetv2", 32, 3, weights="none", seed=s).get_layer("backbone").get_weights()
+               for s in (7, 7, 8)]
+    for a, b in zip(weights[0], weights[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.allclose(a, b) for a, b in zip(weights[0], weights[2], strict=True))
+
+
+def test_fine_tuning_keeps_batchnorm_statistics():
+    """Batches of 16 X-rays must not overwrite the backbone's BatchNorm statistics."""
+    from cxrflow.trainer.models import FINE_TUNE_LAYERS, set_backbone_trainable
+
+    model = build_model("mobilenetv2", 32, 3, weights="none", seed=1)
+    set_backbone_trainable(model, FINE_TUNE_LAYERS["mobilenetv2"])
+    backbone = model.get_layer("backbone")
+    norms = [layer for layer in backbone.layers[-FINE_TUNE_LAYERS["mobilenetv2"]:]
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and backbone.get_layer("Conv_1").trainable  # fine-tuning does train the top convs
+    before = [(n.moving_mean.numpy().copy(), n.moving_variance.numpy().copy()) for n in norms]
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).random((8, 32, 32, 1), dtype=np.float32)
+    model.fit(x, np.array([0, 1, 2, 0, 1, 2, 0, 1]), epochs=1, batch_size=8, verbose=0)
+    for (mean, var), norm in zip(before, norms, strict=True):
+        np.testing.assert_array_equal(mean, norm.moving_mean.numpy())
+        np.testing.assert_array_equal(var, norm.moving_variance.numpy())
+
+
+def test_a_backbone_without_pretrained_weights_is_trained_whole_in_one_phase():
+    from cxrflow.stages.trainer import _phases
+    from cxrflow.trainer.models import ALL_LAYERS, set_backbone_trainable
+
+    config = PipelineConfig(model="mobilenetv2", weights="none", epochs=6)
+    assert [(p["name"], p["epochs"], p["unfreeze"]) for p in _phases(config)] == [("train", 6, ALL_LAYERS)]
+    assert [p["name"] for p in _phases(config.replace(weights="imagenet"))] == ["head", "finetune"]
+    model = build_model("mobilenetv2", 32, 3, weights="none", seed=1)
+    set_backbone_trainable(model, ALL_LAYERS)
+    assert all(layer.trainable for layer in model.get_layer("backbone").layers)
+
+
+def _weights(model_dir):
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "variables", "variables"))
+    # The object graph names the optimizer (adam_w, adam_w_1...): not a weight.
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def test_same_seed_gives_the_same_weights_whatever_the_record_order(tiny_config, stage_dirs, transform_graph,
+                                                                   resampled, tmp_path):
+    """Two trainings with one seed give identical weights, even when ingest wrote the train records in
+    another order (Beam does not keep one). Before: a stateful generator in a parallel map and the
+    shuffle of an unordered split gave two `--seed 1` runs macro recall 0.903 and 0.828."""
+    import shutil
+
+    from cxrflow.stages.trainer import run_trainer
+
+    config = tiny_config.replace(epochs=2, seed=5)
+    assert config.deterministic
+    reordered = str(tmp_path / "examples")
+    shutil.copytree(stage_dirs["examples"], reordered)
+    for path in tf.io.gfile.glob(os.path.join(reordered, "Split-train", "*.tfrecord")):
+        records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+        with tf.io.TFRecordWriter(path) as writer:
+            for record in reversed(records):
+                writer.write(record)
+    runs = []
+    for i, examples_dir in enumerate((stage_dirs["examples"], reordered)):
+        run_trainer(config, examples_dir, transform_graph, stage_dirs["resample"], str(tmp_path / f"m{i}"),
+                    str(tmp_path / f"r{i}"))
+        runs.append(_weights(str(tmp_path / f"m{i}")))
+    assert runs[0].keys() == runs[1].keys() and len(runs[0]) > 4
+    for name, value in runs[0].items():
+        np.testing.assert_array_equal(value, runs[1][name], err_msg=name)
+
+
+def test_canonical_order_depends_on_the_records_only(tmp_path):
+    records = [f"record {i}".encode() * (i + 1) for i in range(40)]
+    expected = sorted(records, key=lambda r: hashlib.sha256(r).digest())
+    for name, order in (("fwd", records), ("rev", records[::-1])):
+        src = tmp_path / name
+        src.mkdir()
+        for part in range(2):  # two input shards, as Beam writes them
+            with tf.io.TFRecordWriter(str(src / f"data-{part}.tfrecord")) as writer:
+                for record in order[part::2]:
+                    writer.write(record)
+        for bucket_bytes in (10**9, 3000):  # all in memory; spread over 3 hash buckets
+            pattern = data.canonical_order(str(src / "*.tfrecord"), str(tmp_path / f"{name}{bucket_bytes}"),
+                                           bucket_bytes)
+            got = list(tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern))).as_numpy_iterator())
+            assert sorted(got) == sorted(records)
+            if bucket_bytes > 10**6:
+                assert got == expected
+            else:
+                assert len(tf.io.gfile.glob(pattern)) > 1
+                assert not tf.io.gfile.glob(str(tmp_path / f"{name}{bucket_bytes}" / "*.tmp"))
+            if name == "rev":
+                assert got == list(tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(
+                    data.canonical_order(str(tmp_path / "fwd" / "*.tfrecord"), str(tmp_path / f"x{bucket_bytes}"),
+                                         bucket_bytes)))).as_numpy_iterator())

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cxrflow import progress
 from cxrflow.config import PipelineConfig
@@ -36,6 +37,8 @@ class FnArgs:
     eval_count: int
     class_weights: dict
     config: PipelineConfig
+    # What the model learned from, recorded in its metadata: {"sources": [...], "counts": {class: n}}
+    trained_on: dict = field(default_factory=dict)
 
 
 def _strategy():
@@ -53,10 +56,18 @@ def _strategy():
 
 
 def _phases(config: PipelineConfig) -> list[dict]:
-    """Training phases: one for the CNN; frozen backbone then fine-tuning for transfer."""
+    """Training phases: one for the CNN; frozen backbone then fine-tuning for transfer.
+
+    A backbone without pretrained weights (`--weights none`) has nothing to transfer: it is
+    trained whole in one phase, BatchNorm included. Frozen, its untrained BatchNorm layers pass
+    activations that vanish (mean |feature| ~1e-13 for MobileNetV2), so a head would learn nothing.
+    """
     if config.model == "cnn":
         return [{"name": "train", "epochs": config.epochs, "lr": config.learning_rate, "unfreeze": None}]
-    from cxrflow.trainer.models import FINE_TUNE_LAYERS
+    from cxrflow.trainer.models import ALL_LAYERS, FINE_TUNE_LAYERS
+
+    if config.weights == "none":
+        return [{"name": "train", "epochs": config.epochs, "lr": config.learning_rate, "unfreeze": ALL_LAYERS}]
 
     head = max(1, config.epochs // 3)
     return [
@@ -64,6 +75,17 @@ def _phases(config: PipelineConfig) -> list[dict]:
         {"name": "finetune", "epochs": max(1, config.epochs - head), "lr": config.learning_rate / 10,
          "unfreeze": FINE_TUNE_LAYERS[config.model]},
     ]
+
+
+def optimizer_for(config: PipelineConfig, learning_rate):
+    """AdamW with the config's decoupled weight decay, which Keras scales by the learning rate
+    (each step shrinks a weight by learning_rate * weight_decay). Biases and normalisation
+    scales are not decayed: shrinking them only shifts or rescales activations."""
+    import keras
+
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
 
 
 def run_fn(fn_args: FnArgs) -> dict:
@@ -83,9 +105,12 @@ def run_fn(fn_args: FnArgs) -> dict:
     cache_dir = os.path.join(fn_args.model_run_dir, "cache")
     for stale in (cache_dir, cache_dir + "_eval"):  # a killed run leaves locked, partial caches
         shutil.rmtree(stale, ignore_errors=True)
+    train_pattern = fn_args.train_pattern
+    if config.deterministic:  # upstream Beam stages write records in no fixed order
+        train_pattern = data.canonical_order(train_pattern, os.path.join(cache_dir, "ordered"))
     train_ds = data.training_dataset(
-        fn_args.train_pattern, tft_layer, config.classes, fn_args.train_count, config.image_size,
-        config.batch_size, config.augmentation, config.seed, cache_dir,
+        train_pattern, tft_layer, config.classes, fn_args.train_count, config.image_size,
+        config.batch_size, config.augmentation, config.seed, cache_dir, deterministic=config.deterministic,
     )
     eval_ds = data.evaluation_dataset(
         fn_args.eval_pattern, tft_layer, config.classes, fn_args.eval_count, config.image_size,
@@ -102,6 +127,7 @@ def run_fn(fn_args: FnArgs) -> dict:
 
     best_path = os.path.join(fn_args.model_run_dir, "best.weights.h5")
     history: list[dict] = []
+    best = math.inf  # one best across phases: fine-tuning replaces the head's best only with a better one
     for phase in _phases(config):
         set_backbone_trainable(model, phase["unfreeze"])
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -109,17 +135,18 @@ def run_fn(fn_args: FnArgs) -> dict:
             warmup_target=None,
         )
         model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=1e-4),
+            optimizer=optimizer_for(config, schedule),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
         if phase["name"] == "finetune" and os.path.exists(best_path):
             model.load_weights(best_path)  # fine-tune from the best head, not the last
+        tracker = ResumableTraining(os.path.join(fn_args.model_run_dir, "backup", phase["name"]), best_path,
+                                    monitor="val_loss", patience=config.early_stopping_patience, initial_best=best)
         callbacks = [
             # Resume backup, best checkpoint and early stopping, all written atomically: a
             # killed run resumes at its last finished epoch with its best score and patience.
-            ResumableTraining(os.path.join(fn_args.model_run_dir, "backup", phase["name"]), best_path,
-                              monitor="val_loss", patience=config.early_stopping_patience),
+            tracker,
             keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "logs"), update_freq="epoch"),
             keras.callbacks.CSVLogger(os.path.join(fn_args.model_run_dir, f"history_{phase['name']}.csv"),
                                       append=True),
@@ -134,13 +161,14 @@ def run_fn(fn_args: FnArgs) -> dict:
             {"phase": phase["name"], "epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
             for i in range(len(fit.history.get("loss", [])))
         ]
+        best = tracker.best
     if os.path.exists(best_path):
         model.load_weights(best_path)  # early stopping keeps the best epoch, not the last
 
     tmp_export = fn_args.serving_model_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp_export, ignore_errors=True)
     export_serving_model(model, tft_layer, config.classes, config.image_size, config.normalization, config.tta,
-                         tmp_export)
+                         tmp_export, resize_mode=config.resize_mode, trained_on=fn_args.trained_on)
     shutil.rmtree(fn_args.serving_model_dir, ignore_errors=True)
     os.replace(tmp_export, fn_args.serving_model_dir)
     summary = {
@@ -150,6 +178,10 @@ def run_fn(fn_args: FnArgs) -> dict:
         "train_count": fn_args.train_count,
         "eval_count": fn_args.eval_count,
         "class_weight": class_weight,
+        "best_val_loss": best if math.isfinite(best) else None,
+        "weight_decay": config.weight_decay,
+        "deterministic": config.deterministic,
+        "trained_on": fn_args.trained_on,
         "history": history,
     }
     write_json_atomic(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), summary)
@@ -157,10 +189,38 @@ def run_fn(fn_args: FnArgs) -> dict:
     return summary
 
 
+def _deterministic_gpu_ops() -> None:
+    """TF op determinism where it is needed: on GPU (cuDNN's fast convolution and reduction
+    kernels add in a nondeterministic order). It is process-global, which is acceptable in this
+    stage entry: under KFP the Trainer runs in a process of its own.
+
+    Not on CPU: there the seeded, order-preserving input (trainer/data.py) already gives identical
+    weights run after run (tested), and op determinism changed the kernels and doubled the time of
+    a 224-px epoch here (README).
+    """
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+
+
+def trained_on(report: dict, resample: dict) -> dict:
+    """The sources of the training split and the per-class counts the model was trained on
+    (after resampling), from ExampleGen's and Resample's reports."""
+    by_source = report.get("by_source", {}).get("train", {})
+    return {
+        "sources": sorted(src for src, counts in by_source.items() if sum(counts.values()) > 0),
+        "counts": {c: int(n) for c, n in resample["counts_after"].items()},
+        "by_source": {src: dict(counts) for src, counts in sorted(by_source.items())},
+    }
+
+
 def run_trainer(
     config: PipelineConfig, examples_dir: str, transform_dir: str, resample_dir: str, model_dir: str, run_dir: str
 ) -> dict:
     """Stage entry: reads the upstream artifacts and calls run_fn."""
+    if config.deterministic:
+        _deterministic_gpu_ops()
     from cxrflow.io_utils import read_json
     from cxrflow.stages.example_gen import REPORT_FILE, split_pattern
     from cxrflow.stages.resample import RESAMPLE_FILE, train_pattern_for
@@ -182,6 +242,7 @@ def run_trainer(
         eval_count=eval_count,
         class_weights=resample["class_weights"],
         config=config,
+        trained_on=trained_on(report, resample),
     )
     summary = run_fn(args)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))

@@ -33,15 +33,20 @@ class ResumableTraining(keras.callbacks.Callback):
 
     `backup_dir` holds `state/` (latest weights with optimizer state, and meta.json with the
     epoch, best score and patience counter); `best_path` the best weights so far.
+
+    `initial_best` is the score of the weights already in `best_path`: a later training phase
+    (fine-tuning after the frozen-backbone phase) passes the earlier phase's best, so it replaces
+    those weights only with better ones. One best is kept across phases.
     """
 
-    def __init__(self, backup_dir: str, best_path: str, monitor: str = "val_loss", patience: int = 6) -> None:
+    def __init__(self, backup_dir: str, best_path: str, monitor: str = "val_loss", patience: int = 6,
+                 initial_best: float = math.inf) -> None:
         super().__init__()
         self.backup_dir = backup_dir
         self.best_path = best_path
         self.monitor = monitor
         self.patience = patience
-        self.best = math.inf
+        self.best = float(initial_best)
         self.wait = 0
         self.resumed_from_epoch = 0
 

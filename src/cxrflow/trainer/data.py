@@ -8,6 +8,7 @@ autotuner for seconds at every epoch start.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 
@@ -18,6 +19,7 @@ from cxrflow.config import Augmentation
 
 MEMORY_CACHE_LIMIT_BYTES = 2 * 1024**3
 DECODE_BATCH = 16
+CANONICAL_BUCKET_BYTES = 512 * 1024**2  # records sorted in memory at once (canonical_order)
 
 
 def label_table(classes: tuple[str, ...]) -> tf.lookup.StaticHashTable:
@@ -55,61 +57,126 @@ def cache(ds, num_examples: int, image_size: int, cache_dir: str | None):
 
 
 def make_augmenter(aug: Augmentation, seed: int):
-    """A function batch->batch applying the configured augmentations (training input only).
+    """A function (images, labels, step) -> (images, labels) applying the configured augmentations
+    to training batch number `step` (training input only).
 
-    Rotation and zoom are one affine warp (one ImageProjectiveTransformV3 op per batch rather
-    than one per Keras layer): augmentation shares the CPU with the train step, and on 2 cores
-    a second full-image resample per batch cost ~6% of training throughput (bench/).
+    Random numbers are stateless, drawn from (seed, step): a shared stateful generator inside a
+    parallel map hands its numbers to whichever batch asks first, so two runs with one seed
+    augmented differently; and under op determinism it would force the map to run serially.
+    Rotation, zoom and translation are one affine warp (one ImageProjectiveTransformV3 op per
+    batch rather than one per Keras layer): on 2 cores a second full-image resample per batch
+    cost ~6% of training throughput (bench/).
     """
-    import math
-
-    rng = tf.random.Generator.from_seed(seed)
     max_angle = math.radians(aug.rotation_deg)
 
-    def augment(images, labels):
+    def augment(images, labels, step=0):
         batch = tf.shape(images)[0]
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)]), num=8)
+
+        def uniform(i, shape, low=0.0, high=1.0):
+            return tf.random.stateless_uniform(shape, seeds[i], low, high)
+
         if aug.flip:
-            flip = rng.uniform([batch, 1, 1, 1]) < 0.5
+            flip = uniform(0, [batch, 1, 1, 1]) < 0.5
             images = tf.where(flip, tf.reverse(images, axis=[2]), images)
-        if max_angle > 0 or aug.zoom > 0:
-            images = _rotate_and_zoom(images, rng.uniform([batch], -max_angle, max_angle),
-                                      1.0 + rng.uniform([batch], -aug.zoom, aug.zoom))
+        if aug.gamma > 0:
+            # A per-image intensity curve, applied over the image's own range so it works for unit
+            # and zscore input. Unlike brightness and contrast it is not linear, so per-image
+            # standardisation (the CNN's first layer) cannot undo it.
+            images = _gamma(images, tf.exp(uniform(1, [batch, 1, 1, 1], -aug.gamma, aug.gamma)))
+        if max_angle > 0 or aug.zoom > 0 or aug.translate > 0:
+            shifts = uniform(2, [batch, 2], -aug.translate, aug.translate) * tf.cast(tf.shape(images)[1:3], tf.float32)
+            images = _rotate_and_zoom(images, uniform(3, [batch], -max_angle, max_angle),
+                                      1.0 + uniform(4, [batch], -aug.zoom, aug.zoom), shifts)
         if aug.brightness > 0:
-            images = images + rng.uniform([batch, 1, 1, 1], -aug.brightness, aug.brightness)
+            images = images + uniform(5, [batch, 1, 1, 1], -aug.brightness, aug.brightness)
         if aug.contrast > 0:
-            factor = rng.uniform([batch, 1, 1, 1], 1.0 - aug.contrast, 1.0 + aug.contrast)
+            factor = uniform(6, [batch, 1, 1, 1], 1.0 - aug.contrast, 1.0 + aug.contrast)
             mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
             images = (images - mean) * factor + mean
         if aug.noise > 0:
-            images = images + rng.normal(tf.shape(images), stddev=aug.noise)
+            images = images + tf.random.stateless_normal(tf.shape(images), seeds[7], stddev=aug.noise)
         return images, labels
 
     return augment
 
 
-def _rotate_and_zoom(images, angles, scales):
-    """Rotates each image by `angles` (radians) and zooms by `scales` (>1 = in) about its centre."""
+def _gamma(images, gammas):
+    """Maps each image's [min, max] onto itself through x ** gamma (per image)."""
+    low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+    span = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True) - low
+    unit = tf.math.divide_no_nan(images - low, span)
+    return low + span * tf.pow(tf.clip_by_value(unit, 0.0, 1.0), gammas)
+
+
+def _rotate_and_zoom(images, angles, scales, shifts=None):
+    """Rotates each image by `angles` (radians), zooms by `scales` (>1 = in) about its centre and
+    moves it by `shifts` ([batch, 2] pixels, y then x)."""
     shape = tf.shape(images)
     h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
     cx, cy = (w - 1) / 2, (h - 1) / 2
     # The transform maps each output pixel back to the input point it samples.
     cos, sin = tf.cos(angles) / scales, tf.sin(angles) / scales
     zeros = tf.zeros_like(cos)
-    transforms = tf.stack([cos, -sin, cx - cos * cx + sin * cy, sin, cos, cy - sin * cx - cos * cy, zeros, zeros],
-                          axis=1)
+    dy, dx = (zeros, zeros) if shifts is None else (-shifts[:, 0], -shifts[:, 1])
+    transforms = tf.stack([cos, -sin, cx - cos * cx + sin * cy + dx, sin, cos, cy - sin * cx - cos * cy + dy,
+                           zeros, zeros], axis=1)
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=shape[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="CONSTANT",
     )
 
 
-def training_dataset(pattern, tft_layer, classes, num_examples, image_size, batch_size, aug, seed, cache_dir=None):
-    """Shuffled, repeated, augmented batches: iterate with steps_per_epoch."""
+def training_dataset(pattern, tft_layer, classes, num_examples, image_size, batch_size, aug, seed, cache_dir=None,
+                     deterministic=True):
+    """Shuffled, repeated, augmented batches: iterate with steps_per_epoch.
+
+    With `deterministic`, every parallel stage keeps its input order, so a seed gives the same
+    batches (given the same file order: see `canonical_order`).
+    """
     ds = cache(transformed_dataset(pattern, tft_layer, classes), num_examples, image_size, cache_dir)
     ds = ds.shuffle(min(max(num_examples, 1), 2048), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(batch_size, drop_remainder=False)
-    ds = ds.map(make_augmenter(aug, seed), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=False).enumerate()
+    augment = make_augmenter(aug, seed)
+    ds = ds.map(lambda step, batch: augment(*batch, step), num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def canonical_order(pattern: str, out_dir: str, bucket_bytes: int = CANONICAL_BUCKET_BYTES) -> str:
+    """Copies the records of `pattern` into `out_dir` sorted by their SHA-256; returns the new pattern.
+
+    Beam writes a split's records in whatever order its workers finish, so two ingests of the
+    same files give the same examples in different orders, and a seeded shuffle of them gives
+    different batches. Sorting by content makes the order a function of the data alone. Sets
+    larger than `bucket_bytes` are first spread over hash buckets, each sorted in memory.
+    """
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {pattern}")
+    total = sum(tf.io.gfile.stat(f).length for f in files)
+    buckets = max(1, math.ceil(total / bucket_bytes))
+    os.makedirs(out_dir, exist_ok=True)
+    records = tf.data.TFRecordDataset(files).as_numpy_iterator()
+    if buckets == 1:
+        parts = [records]
+    else:
+        spill = [os.path.join(out_dir, f"bucket-{b:05d}.tmp") for b in range(buckets)]
+        writers = [tf.io.TFRecordWriter(path) for path in spill]
+        for record in records:
+            writers[int.from_bytes(hashlib.sha256(record).digest()[:8], "big") % buckets].write(record)
+        for writer in writers:
+            writer.close()
+        parts = [tf.data.TFRecordDataset(path).as_numpy_iterator() for path in spill]
+    for b, part in enumerate(parts):
+        with tf.io.TFRecordWriter(os.path.join(out_dir, f"sorted-{b:05d}.tfrecord")) as writer:
+            for record in sorted(part, key=lambda r: hashlib.sha256(r).digest()):
+                writer.write(record)
+    for b in range(buckets if buckets > 1 else 0):
+        os.remove(os.path.join(out_dir, f"bucket-{b:05d}.tmp"))
+    return os.path.join(out_dir, "sorted-*.tfrecord")
 
 
 def evaluation_dataset(pattern, tft_layer, classes, num_examples, image_size, batch_size, cache_dir=None):

@@ -108,16 +108,53 @@ def build_transfer(
         # the last conv feature map that the gradcam signature needs (see FEATURE_LAYER).
         pooling=None,
     )
+    if resolved != "imagenet":
+        seed_backbone(backbone, seed)
     if resolved not in (None, "imagenet"):
         backbone.load_weights(resolved, skip_mismatch=True)
     backbone.name = BACKBONE_LAYER_NAME
+    # No `training=False` here: Keras 3's functional models pass fit()'s training=True to every
+    # layer regardless. BatchNorm statistics are kept fixed by set_backbone_trainable instead.
     x = backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     return keras.Model(inputs, _head(x, num_classes, seed, dropout), name=f"cxr_{name}")
 
 
-def set_backbone_trainable(model: keras.Model, top_layers: int | None) -> None:
-    """Freezes the backbone (top_layers=None) or unfreezes only its top `top_layers` layers."""
+# Initialiser attribute -> the variable it initialised, for every layer type in the backbones
+# (Keras 3's DepthwiseConv2D keeps its depthwise kernel as `kernel`).
+_INITIALISED = (("kernel_initializer", "kernel"), ("depthwise_initializer", "kernel"),
+                ("bias_initializer", "bias"))
+ALL_LAYERS = "all"  # set_backbone_trainable: train the whole backbone, BatchNorm statistics included
+
+
+def seed_backbone(backbone: keras.Model, seed: int) -> None:
+    """Re-draws every kernel and bias of a keras.applications backbone from `seed`.
+
+    The applications build their layers with unseeded initialisers, which draw from Keras'
+    global generator: two builds with one seed gave different weights. Seeding that generator
+    (keras.utils.set_random_seed) would change the whole process, so each variable is drawn
+    again here from a seeded copy of its own initialiser (seed + layer index: layers differ).
+    """
+    for index, layer in enumerate(backbone.layers):
+        for attr, name in _INITIALISED:
+            initializer, variable = getattr(layer, attr, None), getattr(layer, name, None)
+            if initializer is None or variable is None:
+                continue
+            config = initializer.get_config()
+            if "seed" in config:  # random initialisers; constant ones (zeros, ones) are already fixed
+                config["seed"] = seed * 1009 + index
+                variable.assign(type(initializer).from_config(config)(variable.shape, variable.dtype))
+
+
+def set_backbone_trainable(model: keras.Model, top_layers: int | str | None) -> None:
+    """Freezes the backbone (top_layers=None), unfreezes only its top `top_layers` layers, or
+    trains all of it (ALL_LAYERS: a backbone without pretrained weights, trained from scratch).
+
+    When only the top layers are unfrozen, BatchNormalization layers stay frozen: in Keras 3 a
+    frozen BatchNorm runs in inference mode, so the pretrained statistics are kept. Trained, they
+    would follow batches of 16 X-rays, and the exported model would see statistics no test image
+    matches.
+    """
     try:
         backbone = model.get_layer(BACKBONE_LAYER_NAME)
     except ValueError:
@@ -126,8 +163,13 @@ def set_backbone_trainable(model: keras.Model, top_layers: int | None) -> None:
         backbone.trainable = False
         return
     backbone.trainable = True
+    if top_layers == ALL_LAYERS:
+        return
     for layer in backbone.layers[:-top_layers]:
         layer.trainable = False
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def build_model(name: str, image_size: int, num_classes: int, weights: str = "none", seed: int = 0) -> keras.Model:
