@@ -58,7 +58,7 @@ def _code_hash(parts) -> str:
         files = [path] if os.path.isfile(path) else sorted(
             os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".py"))
         for f in files:
-            digest.update(f.encode())
+            digest.update(os.path.relpath(f, SRC).encode())  # relative: a snapshot elsewhere hashes alike
             with open(f, "rb") as fh:
                 digest.update(fh.read())
     return digest.hexdigest()
