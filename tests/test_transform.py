@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -37,3 +39,46 @@ def test_zscore_uses_train_statistics(tiny_config, stage_dirs, examples, tmp_pat
     images = _transformed_train(graph, stage_dirs["examples"])
     assert images.mean() == pytest.approx(0, abs=0.05)
     assert images.std() == pytest.approx(1, abs=0.05)
+
+
+def _wide_film(width=80, height=40):
+    """A non-square film: a rendered chest, squeezed to `width` x `height`, as PNG bytes and pixels."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png_bytes())).resize((width, height))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue(), img
+
+
+def test_pad_keeps_the_aspect_ratio_on_black_bands():
+    from PIL import Image
+
+    data, img = _wide_film(80, 40)
+    padded = decode_grayscale(tf.constant(data), 32, "pad").numpy()[..., 0]
+    assert padded.shape == (32, 32)
+    # 80x40 -> 32x16, centred: rows 0-7 and 24-31 are black bands.
+    assert (padded[:8] == 0).all() and (padded[24:] == 0).all()
+    expected = np.asarray(img.resize((32, 16), Image.BOX), np.float32) / 255  # independent area resize
+    assert np.abs(padded[8:24] - expected).mean() < 0.02
+    # A tall film gets bands left and right instead.
+    tall = decode_grayscale(tf.constant(_wide_film(40, 80)[0]), 32, "pad").numpy()[..., 0]
+    assert (tall[:, :8] == 0).all() and (tall[:, 24:] == 0).all() and tall[:, 8:24].mean() > 0.05
+    # stretch (the default) fills the square: no band.
+    stretched = decode_grayscale(tf.constant(data), 32).numpy()[..., 0]
+    assert stretched[:8].mean() > 0.05
+    np.testing.assert_allclose(stretched, decode_grayscale(tf.constant(data), 32, "stretch").numpy()[..., 0])
+
+
+def test_pad_mode_is_in_the_transform_graph(tiny_config, stage_dirs, examples, tmp_path):
+    """The TFT graph (which the exported model embeds) letterboxes when resize_mode is pad."""
+    graph = run_transform(tiny_config.replace(resize_mode="pad"), split_pattern(stage_dirs["examples"], "train"),
+                          str(tmp_path / "pad"))
+    layer = tft.TFTransformOutput(graph).transform_features_layer()
+    data, _ = _wide_film(80, 40)
+    out = layer({fk.IMAGE_KEY: tf.constant([data])})[fk.IMAGE_XF_KEY].numpy()[0, ..., 0]
+    np.testing.assert_allclose(out, decode_grayscale(tf.constant(data), TINY_SIZE, "pad").numpy()[..., 0], atol=1e-6)
+    assert (out[:8] == 0).all()
+    assert json.load(open(tmp_path / "pad" / "transform_config.json"))["resize_mode"] == "pad"

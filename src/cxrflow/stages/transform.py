@@ -22,10 +22,17 @@ from cxrflow.io_utils import write_json_atomic
 
 ZSCORE_EPSILON = 1e-6
 ANALYZE_BATCH_SIZE = 16
+# Letterbox bands: black, the value of the air around the body and of film borders, and the value
+# the augmentation's rotations and shifts fill in (trainer/data.py).
+PAD_VALUE = 0.0
 
 
-def decode_grayscale(image_bytes, image_size: int):
-    """One encoded image -> float32 [size, size, 1] in [0,1]. Works in TFT and in serving."""
+def decode_grayscale(image_bytes, image_size: int, resize_mode: str = "stretch"):
+    """One encoded image -> float32 [size, size, 1] in [0,1]. Works in TFT and in serving.
+
+    `stretch` resizes to a square whatever the aspect ratio; `pad` scales the longer side to
+    `image_size`, keeping the aspect ratio, and centres the image on black (PAD_VALUE) bands.
+    """
     import tensorflow as tf
 
     # channels=1 lets libpng/libjpeg convert RGB, RGBA, palette and gray+alpha to gray while
@@ -33,34 +40,50 @@ def decode_grayscale(image_bytes, image_size: int):
     # because decode_image decodes them as uint16 before scaling to float.
     image = tf.io.decode_image(image_bytes, channels=1, dtype=tf.float32, expand_animations=False)
     shape = tf.shape(image)
+    target = tf.constant([image_size, image_size])
+    if resize_mode == "pad":
+        # The longer side becomes image_size; the shorter keeps the film's proportions (>= 1 px).
+        scale = image_size / tf.cast(tf.reduce_max(shape[:2]), tf.float32)
+        target = tf.clip_by_value(tf.cast(tf.round(tf.cast(shape[:2], tf.float32) * scale), tf.int32), 1, image_size)
+    elif resize_mode != "stretch":
+        raise ValueError(f"resize_mode must be stretch or pad, got {resize_mode!r}")
     # Shrinking (the usual case: 1-3 MP X-rays to 512 px): area averaging is antialiased and
     # ~3x faster than antialiased bilinear. Growing: bilinear, since area would be blocky.
     image = tf.cond(
-        tf.logical_and(shape[0] >= image_size, shape[1] >= image_size),
-        lambda: tf.image.resize(image, [image_size, image_size], method="area"),
-        lambda: tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True),
+        tf.reduce_all(shape[:2] >= target),
+        lambda: tf.image.resize(image, target, method="area"),
+        lambda: tf.image.resize(image, target, method="bilinear", antialias=True),
     )
+    if resize_mode == "pad":
+        offset = (image_size - target) // 2
+        image = tf.pad(image, [[offset[0], image_size - target[0] - offset[0]],
+                               [offset[1], image_size - target[1] - offset[1]], [0, 0]], constant_values=PAD_VALUE)
+        image = tf.ensure_shape(image, [image_size, image_size, 1])
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def decode_batch(images, image_size: int):
+def decode_batch(images, image_size: int, resize_mode: str = "stretch"):
     import tensorflow as tf
 
     return tf.map_fn(
-        lambda b: decode_grayscale(b, image_size),
+        lambda b: decode_grayscale(b, image_size, resize_mode),
         tf.reshape(images, [-1]),
         fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32),
     )
 
 
-def make_preprocessing_fn(image_size: int, normalization: str) -> Callable[[dict], dict]:
-    """Builds TFT's `preprocessing_fn` for the given size and normalisation."""
+def make_preprocessing_fn(image_size: int, normalization: str, resize_mode: str = "stretch") -> Callable[[dict], dict]:
+    """Builds TFT's `preprocessing_fn` for the given size, normalisation and resize mode.
+
+    The exported model runs this same graph (the Trainer's TFT layer), so serving resizes as
+    training did.
+    """
 
     def preprocessing_fn(inputs: dict) -> dict:
         import tensorflow as tf
         import tensorflow_transform as tft
 
-        images = decode_batch(inputs[fk.IMAGE_KEY], image_size)
+        images = decode_batch(inputs[fk.IMAGE_KEY], image_size, resize_mode)
         if normalization == "zscore":
             # Full-pass analyzers over the training split: one mean and std for all pixels.
             mean = tft.mean(images)
@@ -83,7 +106,7 @@ def run_transform(config: PipelineConfig, train_pattern: str, output_dir: str, b
     source = tfxio.TFExampleRecord(
         file_pattern=train_pattern, schema=schema_utils.schema_from_feature_spec(image_only)
     )
-    preprocessing_fn = make_preprocessing_fn(config.image_size, config.normalization)
+    preprocessing_fn = make_preprocessing_fn(config.image_size, config.normalization, config.resize_mode)
     temp_dir = os.path.join(output_dir, ".tft_tmp") if "://" not in output_dir else output_dir + "/.tft_tmp"
     options = PipelineOptions(list(beam_args or config.beam_args))
     # A fixed, small batch (here and in BeamSource below): tfx-bsl otherwise grows batches with
@@ -97,6 +120,6 @@ def run_transform(config: PipelineConfig, train_pattern: str, output_dir: str, b
     write_json_atomic(
         os.path.join(output_dir, "transform_config.json") if "://" not in output_dir
         else output_dir + "/transform_config.json",
-        {"image_size": config.image_size, "normalization": config.normalization},
+        {"image_size": config.image_size, "normalization": config.normalization, "resize_mode": config.resize_mode},
     )
     return output_dir
