@@ -210,7 +210,8 @@ def test_roc_redrawn_from_saved_predictions_for_runs_that_predate_it(tmp_path):
     labels, probs, pids = predictions()
     np.savez(os.path.join(pred_dir, "predictions.npz"), labels=labels, probabilities=probs, patient_id=pids)
     html = open(build_report(run_dir)).read()
-    assert "redrawn from the saved test predictions" in html and len(img_sources(html)) == 5
+    gallery = json.load(open(os.path.join(run_dir, "gallery.json")))["entries"]
+    assert "redrawn from the saved test predictions" in html and len(img_sources(html)) == 5 + len(gallery)
 
 
 def test_cli_report_rebuilds_and_refuses_a_dir_without_metrics(tmp_path, capsys):
