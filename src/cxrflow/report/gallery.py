@@ -108,8 +108,9 @@ def write_gallery(config: PipelineConfig, model_dir: str, test_pattern: str, lab
         return None
 
 
-def _write_gallery(model_dir, test_pattern, labels, probs, extras, classes, image_size, output_dir, batch_size):
-    import tensorflow as tf
+def _write_gallery(model_dir: str, test_pattern: str, labels: np.ndarray, probs: np.ndarray, extras: dict,
+                   classes: list[str], image_size: int, output_dir: str, batch_size: int) -> dict:
+    import tensorflow as tf  # lazy: the report side of this module must not load TF
 
     from cxrflow.report.gradcam import gradcam_maps, model_view
 
@@ -126,6 +127,8 @@ def _write_gallery(model_dir, test_pattern, labels, probs, extras, classes, imag
     tmp_dir = os.path.join(output_dir, GALLERY_DIR + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
+    blank = [""] * len(labels)
+    sources, patients = extras.get(fk.SOURCE_KEY, blank), extras.get(fk.PATIENT_ID_KEY, blank)
     entries = []
     for k, i in enumerate(chosen):
         name = f"{k:03d}.png"
@@ -136,8 +139,7 @@ def _write_gallery(model_dir, test_pattern, labels, probs, extras, classes, imag
             "file": f"{GALLERY_DIR}/{name}", "index": int(i), "correct": bool(pred == labels[i]),
             "true": classes[labels[i]], "predicted": classes[pred], "probability": float(probs[i][pred]),
             "true_class_probability": float(probs[i][labels[i]]),
-            "source": extras.get(fk.SOURCE_KEY, [""] * len(labels))[i],
-            "patient_id": extras.get(fk.PATIENT_ID_KEY, [""] * len(labels))[i],
+            "source": sources[i], "patient_id": patients[i],
             "image_id": found[i][1],
         }
         if map_ids is not None and int(map_ids[k]) != pred:  # with TTA the map explains the single view
