@@ -345,3 +345,57 @@ def test_canonical_order_depends_on_the_records_only(tmp_path):
                 assert got == list(tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(
                     data.canonical_order(str(tmp_path / "fwd" / "*.tfrecord"), str(tmp_path / f"x{bucket_bytes}"),
                                          bucket_bytes)))).as_numpy_iterator())
+
+
+def test_trainer_entry_point_with_a_transfer_model(tiny_config, stage_dirs, examples, resampled, tmp_path):
+    """run_trainer with MobileNetV2 (a local weights file, so both phases run) and letterboxing:
+    it trains, keeps one best across phases, exports, serves and names what it was trained on."""
+    import collections
+    import io
+
+    from PIL import Image
+
+    from cxrflow import features as fk
+    from cxrflow.stages.example_gen import split_pattern
+    from cxrflow.stages.trainer import run_trainer
+    from cxrflow.stages.transform import run_transform
+
+    weights = str(tmp_path / "backbone.weights.h5")
+    build_model("mobilenetv2", TINY_SIZE, 3, weights="none", seed=2).get_layer("backbone").save_weights(weights)
+    config = tiny_config.replace(model="mobilenetv2", weights=weights, epochs=2, resize_mode="pad")
+    graph = run_transform(config, split_pattern(stage_dirs["examples"], "train"), str(tmp_path / "transform"))
+    model_dir = str(tmp_path / "model")
+    summary = run_trainer(config, stage_dirs["examples"], graph, stage_dirs["resample"], model_dir,
+                          str(tmp_path / "run"))
+
+    assert [h["phase"] for h in summary["history"]] == ["head", "finetune"]
+    assert summary["best_val_loss"] == pytest.approx(min(h["val_loss"] for h in summary["history"]))
+
+    # What it was trained on, counted from the train records themselves.
+    spec = fk.raw_feature_spec((fk.LABEL_KEY, fk.SOURCE_KEY))
+    labels, sources = collections.Counter(), set()
+    for record in tf.data.TFRecordDataset(tf.io.gfile.glob(split_pattern(stage_dirs["examples"], "train"))):
+        parsed = tf.io.parse_single_example(record, spec)
+        labels[parsed[fk.LABEL_KEY].numpy().decode()] += 1
+        sources.add(parsed[fk.SOURCE_KEY].numpy().decode())
+    expected = {"sources": sorted(sources), "counts": {c: labels[c] for c in config.classes}}
+    saved = tf.saved_model.load(model_dir)
+    meta = saved.signatures["metadata"]()
+    assert meta["resize_mode"].numpy().decode() == "pad"
+    recorded = json.loads(meta["trained_on"].numpy().decode())
+    assert {k: recorded[k] for k in expected} == expected
+    assert read_json(os.path.join(model_dir, "assets.extra", "cxrflow_model.json"))["trained_on"] == recorded
+
+    # Serving letterboxes too: a wide film and the same film already padded to a square give one answer.
+    wide = Image.open(io.BytesIO(png_bytes())).resize((80, 40))
+    square = Image.new("L", (80, 80))
+    square.paste(wide, (0, 20))
+    encoded = []
+    for img in (wide, square):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        encoded.append(buf.getvalue())
+    out = saved.signatures["serving_default"](images=tf.constant(encoded))
+    probs = out["probabilities"].numpy()
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-3)
