@@ -289,3 +289,18 @@ def test_gcs_data_is_listed_from_the_bucket_listing_with_generations():
         "bkt", prefix="data/cxr/", fields="items(name,size,generation),nextPageToken")
     client_cls.return_value.list_blobs.return_value = blobs(5, 7)  # b.png rewritten, same size
     assert stage_cache._gcs_listing("gs://bkt/data/cxr/", client_cls) != first
+
+
+def test_cli_compile_defaults_to_this_versions_image_or_refuses(tmp_path, capsys):
+    from cxrflow import cli
+    from cxrflow.version import image_tag
+
+    out = tmp_path / "p.yaml"
+    assert cli.main(["compile", "--output", str(out)]) == 2
+    assert "--base-image IMAGE, or --registry REGISTRY" in capsys.readouterr().err and not out.exists()
+    for extra, tag in (([], image_tag("cpu")), (["--trainer-gpus", "1", "--trainer-accelerator", "NVIDIA_L4"],
+                                                image_tag("gpu"))):
+        assert cli.main(["compile", "--output", str(out), "--registry", "europe-docker.pkg.dev/p/r/", *extra]) == 0
+        executors = yaml.safe_load(out.read_text())["deploymentSpec"]["executors"].values()
+        images = {e["container"]["image"] for e in executors}
+        assert images == {f"europe-docker.pkg.dev/p/r/cxrflow:{tag}"}

@@ -131,3 +131,15 @@ def test_a_cut_short_object_store_push_is_redone_clean(tmp_path):
     assert result["version"] == 1
     assert not tf.io.gfile.exists(f"{serving}/cxr/1/variables/stale.bin")
     assert pusher.complete_versions(serving, "cxr") == [1]
+
+
+def test_an_unblessed_runs_push_json_comes_from_the_else_branch(tmp_path):
+    """The Pusher runs only under dsl.If(blessed); otherwise push-skipped writes push.json."""
+    from cxrflow import runs
+
+    skipped = tmp_path / "out" / runs.PIPELINE_ROOT / "cxrflow-1" / "push-skipped" / "pushed"
+    skipped.mkdir(parents=True)
+    (skipped / "push.json").write_text('{"pushed": false, "reason": "model not blessed"}')
+    copied = runs.collect_outputs(str(tmp_path / "out"))
+    assert "push.json" in copied
+    assert (tmp_path / "out" / "push.json").read_text() == '{"pushed": false, "reason": "model not blessed"}'
