@@ -175,3 +175,13 @@ def test_a_single_class_test_source_is_evaluated_with_the_probe_and_no_invented_
     assert probe["metrics"]["per_class"]["covid"]["support"] == 6
     assert "one class present" in metrics["shortcut"]["lungs_hidden"]["note"]
     assert metrics["shortcut"]["lungs_hidden"]["warning"] is None
+
+
+def test_training_sources_in_words():
+    from cxrflow.external import trained_on_text
+
+    record = {"sources": ["ieee:ieee", "kaggle:kaggle"], "counts": {"covid": 75, "normal": 93},
+              "by_source": {"ieee:ieee": {"covid": 75, "normal": 10}, "kaggle:kaggle": {"normal": 83}}}
+    assert trained_on_text(record) == "ieee:ieee: covid 75, normal 10; kaggle:kaggle: normal 83"
+    assert trained_on_text(["a", "b"]) == "a, b"
+    assert "not recorded" in trained_on_text({}) and "not recorded" in trained_on_text(None)
