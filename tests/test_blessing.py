@@ -118,3 +118,14 @@ def test_a_gated_class_missing_from_the_test_split_is_not_blessed(tmp_path):
     assert result["blessed"] is False and result["had_baseline"] is False
     assert any(r.startswith("recall:covid: the test split holds no film") for r in result["reasons"])
     assert "macro_recall = 1.000 >= 0.500" in result["reasons"]
+
+
+def test_films_without_a_patient_id_are_resampled_one_by_one():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    cand, served = labels.copy(), labels.copy()
+    cand[0] = 1
+    blank = blessing.paired_bootstrap_drops(labels, _probs(cand, 2), _probs(served, 2), [""] * 8, [0], n_boot=400)
+    own = blessing.paired_bootstrap_drops(labels, _probs(cand, 2), _probs(served, 2), [f"p{i}" for i in range(8)],
+                                          [0], n_boot=400)
+    np.testing.assert_array_equal(np.nan_to_num(blank), np.nan_to_num(own))  # not one pooled "" patient
+    assert np.nanstd(own[:, 0]) > 0

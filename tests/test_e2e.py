@@ -24,6 +24,10 @@ def test_demo_pipeline_end_to_end_and_refuses_to_overwrite(tmp_path):
         assert (out / name).exists(), name
     push = read_json(out / "push.json")
     assert push["pushed"], push
+    # Lineage: the push names the Evaluator's blessing artifact, which holds the verdict.
+    lineage = read_json(os.path.join(push["blessing_uri"], "blessing.json"))
+    assert lineage["blessed"] and lineage["rule"] == "bootstrap" and lineage["had_baseline"] is False
+    assert lineage == read_json(out / "blessing.json")
     # The pushed model classifies a PNG's raw bytes.
     image = tmp_path / "x.png"
     image.write_bytes(png_bytes())

@@ -145,7 +145,10 @@ def paired_bootstrap_drops(labels, probs, base_probs, patient_ids: Sequence[str]
     holds no film of the class."""
     labels = np.asarray(labels, dtype=np.int64)
     k = np.asarray(probs).shape[1]
-    _, patient = np.unique(np.asarray(patient_ids).astype(str), return_inverse=True)
+    ids = np.asarray(patient_ids).astype(str)
+    # A film without a patient id is its own patient (pooling them would tie unrelated films).
+    ids = np.where(ids == "", np.char.add("\0film:", np.arange(len(ids)).astype(str)), ids)
+    _, patient = np.unique(ids, return_inverse=True)
     n_patients = int(patient.max()) + 1
     positives = np.zeros((n_patients, k))
     np.add.at(positives, patient, np.eye(k)[labels])
