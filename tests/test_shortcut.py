@@ -206,3 +206,12 @@ def test_lungs_hidden_warns_for_a_corner_marker_model_only(kind, warns, tmp_path
     else:
         assert max(shares) < result["gradcam_area_outside"]
     assert sum(v["gradcam_images"] for v in result["per_class"].values()) == 2 * shortcut.GRADCAM_PER_CLASS
+
+
+def test_kfp_metrics_carry_the_checks_that_ran():
+    ran = {"shortcut": {"trait_probe": {"metrics": {"macro_recall": 0.75}},
+                        "lungs_hidden": {"macro_recall_lungs_hidden": 0.5}, "warnings": ["w"]}}
+    assert shortcut.kfp_metrics(ran) == {"shortcut_warnings": 1.0, "trait_probe_macro_recall": 0.75,
+                                         "lungs_hidden_macro_recall": 0.5}
+    skipped = {"shortcut": {"trait_probe": {"skipped": "why"}, "lungs_hidden": {"skipped": "why"}, "warnings": []}}
+    assert shortcut.kfp_metrics(skipped) == {"shortcut_warnings": 0.0}

@@ -123,6 +123,7 @@ def evaluator(
     import shutil
 
     from cxrflow.config import stage_config
+    from cxrflow.report.shortcut import kfp_metrics
     from cxrflow.stages.blessing import BLESSING_FILE
     from cxrflow.stages.evaluator import run_evaluator
     from cxrflow.stages.example_gen import split_pattern
@@ -138,6 +139,8 @@ def evaluator(
     for name, values in m["per_class"].items():
         metrics.log_metric(f"recall_{name}", values["recall"])
         metrics.log_metric(f"specificity_{name}", values["specificity"])
+    for key, value in kfp_metrics(m).items():  # trait probe and lungs hidden, beside the model's own
+        metrics.log_metric(key, value)
     verdict = result["blessing"]
     evaluation.metadata["blessed"] = verdict["blessed"]
     # Lineage: which model was compared with which, on which examples, and the verdict.

@@ -237,6 +237,18 @@ def warnings(metrics: dict) -> list[str]:
     return out + ([note] if note else [])
 
 
+def kfp_metrics(metrics: dict) -> dict[str, float]:
+    """The shortcut checks' headline numbers for KFP's Metrics artifact (skipped checks left out)."""
+    section = metrics.get("shortcut") or {}
+    out = {"shortcut_warnings": float(len(section.get("warnings") or []))}
+    probe, hidden = section.get("trait_probe") or {}, section.get("lungs_hidden") or {}
+    if probe.get("metrics"):
+        out["trait_probe_macro_recall"] = float(probe["metrics"]["macro_recall"])
+    if "macro_recall_lungs_hidden" in hidden:
+        out["lungs_hidden_macro_recall"] = float(hidden["macro_recall_lungs_hidden"])
+    return out
+
+
 def summary_lines(metrics: dict, with_warnings: bool = True) -> list[str]:
     """The CLI's shortcut lines under the metrics table (the warnings last, unless the caller
     lists them itself)."""
