@@ -50,18 +50,31 @@ def write_json(path, obj) -> None:
 def test_router_sends_each_stage_to_its_log_and_prints_one_line_per_start_and_end(tmp_path):
     root = tmp_path / "pipeline_root"
     # ExampleGen's artifact as the stage writes it: 7 + 2 + 3 images kept, 2 skipped.
-    write_json(str(root / "run-1" / "example-gen" / "examples" / "ingest_report.json"), {
-        "splits": {"test": {"a": 3}, "train": {"a": 4, "b": 3}, "eval": {"a": 1, "b": 1}},
-        "skipped": [{"path": "x", "reason": "corrupt"}, {"path": "y", "reason": "duplicate"}]})
-    write_json(str(root / "run-1" / "trainer" / "model_run" / "training_summary.json"), {"history": [
-        {"val_loss": 0.9, "val_accuracy": 0.5}, {"val_loss": 0.4, "val_accuracy": 0.8},
-        {"val_loss": 0.6, "val_accuracy": 0.7}]})
+    write_json(
+        str(root / "run-1" / "example-gen" / "examples" / "ingest_report.json"),
+        {
+            "splits": {"test": {"a": 3}, "train": {"a": 4, "b": 3}, "eval": {"a": 1, "b": 1}},
+            "skipped": [{"path": "x", "reason": "corrupt"}, {"path": "y", "reason": "duplicate"}],
+        },
+    )
+    write_json(
+        str(root / "run-1" / "trainer" / "model_run" / "training_summary.json"),
+        {
+            "history": [
+                {"val_loss": 0.9, "val_accuracy": 0.5},
+                {"val_loss": 0.4, "val_accuracy": 0.8},
+                {"val_loss": 0.6, "val_accuracy": 0.7},
+            ]
+        },
+    )
     out = io.StringIO()
     router = console.StageRouter(console.Console(out, tty=False), str(tmp_path / "logs"), str(root))
     router.write("12:00:00.000 - INFO - Running pipeline: 'cxrflow'\n")
     # Pieces, as print() writes them: the indent and the line arrive separately.
-    for piece in kfp_lines("example-gen", ["Beam says hi", progress.MARKER + '{"bar": "files checked", '
-                                                              '"start": true, "total": 14, "unit": "files"}']):
+    for piece in kfp_lines(
+        "example-gen",
+        ["Beam says hi", progress.MARKER + '{"bar": "files checked", "start": true, "total": 14, "unit": "files"}'],
+    ):
         router.write(piece)
     router.write(kfp_lines("trainer", ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]))
     router.write(kfp_lines("transform", ["transform: reused the completed output of an earlier run (/w/t)"]))
@@ -69,10 +82,10 @@ def test_router_sends_each_stage_to_its_log_and_prints_one_line_per_start_and_en
     lines = out.getvalue().splitlines()  # the bar of 14 files never passed a quarter: no line for it
     assert len(lines) == 7 and lines[0] == "-> ExampleGen ..." and lines[2] == "-> Trainer ...", lines
     assert lines[4:6] == ["-> Transform ...", "    transform: reused the completed output of an earlier run (/w/t)"]
-    assert re.fullmatch(r"ok ExampleGen done in \d+\.\d s: 12 images kept \(train 7, eval 2, test 3\), 2 excluded",
-                        lines[1])
-    assert re.fullmatch(r"ok Trainer done in \d+\.\d s: best epoch 2 of 3 \(val_loss 0.400, val_acc 0.800\)",
-                        lines[3])
+    assert re.fullmatch(
+        r"ok ExampleGen done in \d+\.\d s: 12 images kept \(train 7, eval 2, test 3\), 2 excluded", lines[1]
+    )
+    assert re.fullmatch(r"ok Trainer done in \d+\.\d s: best epoch 2 of 3 \(val_loss 0.400, val_acc 0.800\)", lines[3])
     logs = tmp_path / "logs"
     gen = (logs / "example-gen.log").read_text()
     assert "Beam says hi\n" in gen and "    Beam says hi" not in gen  # kfp's indent taken off
@@ -84,12 +97,20 @@ def test_router_sends_each_stage_to_its_log_and_prints_one_line_per_start_and_en
 def test_failed_stage_is_named_with_the_last_exception_and_its_log(tmp_path):
     out = io.StringIO()
     router = console.StageRouter(console.Console(out, tty=False), str(tmp_path / "logs"), str(tmp_path))
-    body = ["Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
-            "    raise OSError('no')", "OSError: [Errno 2] cannot read /data/transform_module.py", "",
-            "some trailing chatter"]
+    body = [
+        "Traceback (most recent call last):",
+        '  File "x.py", line 1, in <module>',
+        "    raise OSError('no')",
+        "OSError: [Errno 2] cannot read /data/transform_module.py",
+        "",
+        "some trailing chatter",
+    ]
     router.write(kfp_lines("transform", body, status="FAILURE"))  # kfp.local logs it, raises later
-    assert router.failed == ("Transform", "OSError: [Errno 2] cannot read /data/transform_module.py",
-                             str(tmp_path / "logs" / "transform.log"))
+    assert router.failed == (
+        "Transform",
+        "OSError: [Errno 2] cannot read /data/transform_module.py",
+        str(tmp_path / "logs" / "transform.log"),
+    )
     assert "FAILED Transform failed after" in out.getvalue()
     assert f"log: {tmp_path / 'logs' / 'transform.log'}" in out.getvalue()
 
@@ -138,8 +159,9 @@ def test_capture_turns_kfp_errors_into_stage_failed_and_restores_stdout(tmp_path
 
 
 def test_bars_on_a_terminal_and_few_plain_lines_on_a_pipe():
-    events = [{"bar": "epochs (train)", "done": e, "total": 8, "info": f"loss {1 / e:.3f} val_loss 0.5"}
-              for e in range(1, 9)]
+    events = [
+        {"bar": "epochs (train)", "done": e, "total": 8, "info": f"loss {1 / e:.3f} val_loss 0.5"} for e in range(1, 9)
+    ]
     tty = io.StringIO()
     c = console.Console(tty, tty=True)
     for event in events:
@@ -163,7 +185,7 @@ def test_progress_prints_only_when_the_parent_asks(monkeypatch, capsys):
     assert capsys.readouterr().out == ""
     monkeypatch.setenv(progress.ENV, "1")
     items = list(progress.iterate(range(5), "y", unit="batches"))
-    lines = [json.loads(line[len(progress.MARKER):]) for line in capsys.readouterr().out.splitlines()]
+    lines = [json.loads(line[len(progress.MARKER) :]) for line in capsys.readouterr().out.splitlines()]
     assert items == list(range(5))
     assert lines[0] == {"bar": "y", "start": True, "total": None, "unit": "batches"}
     assert sum(e.get("add", 0) for e in lines) == 5  # throttled, yet every item counted
@@ -171,14 +193,20 @@ def test_progress_prints_only_when_the_parent_asks(monkeypatch, capsys):
 
 def test_warnings_block_gathers_shortcut_confounding_and_blessing(tmp_path):
     assert warnings_block(str(tmp_path)) == []  # nothing written yet: nothing to say
-    write_json(str(tmp_path / "metrics.json"), {"shortcut": {
-        "trait_probe": {"warning": "file traits alone score 0.9"}, "lungs_hidden": {"warning": None}}})
+    write_json(
+        str(tmp_path / "metrics.json"),
+        {"shortcut": {"trait_probe": {"warning": "file traits alone score 0.9"}, "lungs_hidden": {"warning": None}}},
+    )
     write_json(str(tmp_path / "ingest_report.json"), {"confounding": {"warnings": ["covid comes from one source"]}})
-    write_json(str(tmp_path / "blessing.json"), {"blessed": False, "reasons": [
-        "macro_recall = 0.850 >= 0.800", "recall:covid = 0.700 < 0.900"]})
+    write_json(
+        str(tmp_path / "blessing.json"),
+        {"blessed": False, "reasons": ["macro_recall = 0.850 >= 0.800", "recall:covid = 0.700 < 0.900"]},
+    )
     assert warnings_block(str(tmp_path)) == [
-        "shortcut: file traits alone score 0.9", "confounding: covid comes from one source",
-        "not blessed: recall:covid = 0.700 < 0.900"]
+        "shortcut: file traits alone score 0.9",
+        "confounding: covid comes from one source",
+        "not blessed: recall:covid = 0.700 < 0.900",
+    ]
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -252,14 +280,14 @@ def test_demo_gallery_holds_every_mistake_with_its_image(piped_demo):
     assert html.count('class="card') == len(entries)
 
 
-FAIL_IN_TRANSFORM = '''
+FAIL_IN_TRANSFORM = """
 import cxrflow.stages.transform as transform
 
 def _unreadable(*args, **kwargs):
     raise FileNotFoundError("transform module not readable: /nonexistent/preprocessing.py")
 
 transform.run_transform = _unreadable
-'''
+"""
 
 
 def _run_in_pty(cmd: list[str], env: dict, timeout: float) -> tuple[int, str]:

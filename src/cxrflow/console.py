@@ -32,8 +32,12 @@ LOGS_DIR = "logs"
 PIPELINE_LOG = "pipeline.log"  # kfp.local's lines outside any task
 # KFP task names (component names, dashed) -> the names the README and the report use.
 STAGE_NAMES = {
-    "example-gen": "ExampleGen", "transform": "Transform", "resample": "Resample",
-    "trainer": "Trainer", "evaluator": "Evaluator", "pusher": "Pusher",
+    "example-gen": "ExampleGen",
+    "transform": "Transform",
+    "resample": "Resample",
+    "trainer": "Trainer",
+    "evaluator": "Evaluator",
+    "pusher": "Pusher",
     "push-skipped": "Pusher",  # the not-blessed branch: it records why nothing was pushed
 }
 MILESTONES = (0.25, 0.5, 0.75)  # plain-line progress on a pipe: a line as each quarter is passed
@@ -61,10 +65,21 @@ class _Bar:
         self.tqdm = None
         if console.tty:
             # No rate: an epoch bar would show "135300 it/s" when its first update comes in a burst.
-            fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]"
-                   if total else "{desc}: {n_fmt} {unit} [{elapsed}{postfix}]")
-            self.tqdm = tqdm(total=total, desc=f"  {label}", unit=unit, file=console.out, leave=False,
-                             dynamic_ncols=True, mininterval=0, bar_format=fmt)  # stages send at most ~4 a second
+            fmt = (
+                "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}{postfix}]"
+                if total
+                else "{desc}: {n_fmt} {unit} [{elapsed}{postfix}]"
+            )
+            self.tqdm = tqdm(
+                total=total,
+                desc=f"  {label}",
+                unit=unit,
+                file=console.out,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=0,
+                bar_format=fmt,
+            )  # stages send at most ~4 a second
 
     def set(self, done: int, total: int | None, info: str) -> None:
         if total is not None and total != self.total:
@@ -121,8 +136,10 @@ class Console:
 
     def stage_finished(self, task: str, seconds: float, figure: str) -> None:
         self.close_bars()
-        self.line(f"{self._mark('✔', 'ok', '32')} {stage_name(task)} done in {seconds:.1f} s"
-                  + (f": {figure}" if figure else ""))
+        self.line(
+            f"{self._mark('✔', 'ok', '32')} {stage_name(task)} done in {seconds:.1f} s"
+            + (f": {figure}" if figure else "")
+        )
 
     def stage_failed(self, task: str, seconds: float, reason: str, log_path: str) -> None:
         self.close_bars()
@@ -197,7 +214,7 @@ class StageRouter(io.TextIOBase):
         content = plain.strip()
         if content.startswith(progress.MARKER.strip()):
             try:
-                self.console.progress(json.loads(content[len(progress.MARKER.strip()):]))
+                self.console.progress(json.loads(content[len(progress.MARKER.strip()) :]))
             except ValueError:
                 pass  # a torn line: progress is decoration, never a reason to fail
             return
@@ -219,8 +236,9 @@ class StageRouter(io.TextIOBase):
         if finished and finished.group(1) == self.running:
             self.log.flush()
             if finished.group(2) == "SUCCESS":
-                self.console.stage_finished(self.running, time.monotonic() - self.started,
-                                            key_figure(self.running, self.task_dir(self.running)))
+                self.console.stage_finished(
+                    self.running, time.monotonic() - self.started, key_figure(self.running, self.task_dir(self.running))
+                )
                 self.running = None
             else:  # raise_on_error=False: kfp.local logs the failure instead of raising
                 self.fail()

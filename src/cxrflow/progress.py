@@ -102,9 +102,16 @@ def keras_callback(total_epochs: int, bar: str = "epochs"):
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            parts = [f"{name} {float(logs[key]):.3f}" for key, name in
-                     (("loss", "loss"), ("accuracy", "acc"), ("val_loss", "val_loss"), ("val_accuracy", "val_acc"))
-                     if key in logs]
+            parts = [
+                f"{name} {float(logs[key]):.3f}"
+                for key, name in (
+                    ("loss", "loss"),
+                    ("accuracy", "acc"),
+                    ("val_loss", "val_loss"),
+                    ("val_accuracy", "val_acc"),
+                )
+                if key in logs
+            ]
             update(bar, epoch + 1, total_epochs, " ".join(parts))
 
     return EpochProgress()

@@ -50,8 +50,10 @@ def _example_gen_figure(task_dir: str) -> str:
         return ""
     # JSON keys come back sorted: pipeline order instead.
     splits = {s: sum(report["splits"][s].values()) for s in fk.SPLITS if s in report["splits"]}
-    return (f"{sum(splits.values())} images kept ({', '.join(f'{s} {n}' for s, n in splits.items())}), "
-            f"{len(report.get('skipped', []))} excluded")
+    return (
+        f"{sum(splits.values())} images kept ({', '.join(f'{s} {n}' for s, n in splits.items())}), "
+        f"{len(report.get('skipped', []))} excluded"
+    )
 
 
 def _resample_figure(task_dir: str) -> str:
@@ -75,8 +77,9 @@ def _evaluator_figure(task_dir: str) -> str:
     metrics, blessing = _find(task_dir, "metrics.json"), _find(task_dir, "blessing.json")
     parts = []
     if metrics:
-        parts.append(f"test macro recall {metrics['macro_recall']:.3f} (accuracy {metrics['accuracy']:.3f}, "
-                     f"n={metrics['n']})")
+        parts.append(
+            f"test macro recall {metrics['macro_recall']:.3f} (accuracy {metrics['accuracy']:.3f}, n={metrics['n']})"
+        )
     if blessing:
         parts.append("blessed" if blessing.get("blessed") else "NOT blessed")
     return "; ".join(parts)
@@ -92,8 +95,12 @@ def _pusher_figure(task_dir: str) -> str:
 
 
 _KEY_FIGURES = {
-    "example-gen": _example_gen_figure, "resample": _resample_figure, "trainer": _trainer_figure,
-    "evaluator": _evaluator_figure, "pusher": _pusher_figure, "push-skipped": _pusher_figure,
+    "example-gen": _example_gen_figure,
+    "resample": _resample_figure,
+    "trainer": _trainer_figure,
+    "evaluator": _evaluator_figure,
+    "pusher": _pusher_figure,
+    "push-skipped": _pusher_figure,
 }
 
 
@@ -107,7 +114,7 @@ def failure_reason(log_path: str) -> str:
     starts = [i for i, line in enumerate(lines) if line.strip().startswith("Traceback (most recent call last)")]
     if starts:
         # The exception line is the first unindented line after the frames ("  File ...").
-        for line in lines[starts[-1] + 1:]:
+        for line in lines[starts[-1] + 1 :]:
             if line and not line[0].isspace() and _EXCEPTION.match(line):
                 return _one_line(line)
     for line in reversed(lines):

@@ -33,8 +33,9 @@ HEATMAP_CMAP = "inferno"  # as in gradcam.py: luminance rises with the value, re
 HEATMAP_ALPHA = 0.45
 
 
-def pick_gallery(labels: np.ndarray, probs: np.ndarray, max_errors: int = MAX_ERRORS,
-                 correct_per_class: int = CORRECT_PER_CLASS) -> tuple[list[int], list[int], int]:
+def pick_gallery(
+    labels: np.ndarray, probs: np.ndarray, max_errors: int = MAX_ERRORS, correct_per_class: int = CORRECT_PER_CLASS
+) -> tuple[list[int], list[int], int]:
     """(wrong indices, correct indices, number of wrong in all).
 
     Wrong: the most confident mistakes first (highest probability of the wrongly predicted
@@ -63,8 +64,9 @@ def _read_images(pattern: str, wanted: set[int], batch_size: int) -> dict[int, t
     batches = tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(pattern))).batch(batch_size)
     for batch in progress.iterate(batches, "test pass: gallery images", unit="batches"):
         parsed = tf.io.parse_example(batch, spec)
-        for j, (data, image_id) in enumerate(zip(parsed[fk.IMAGE_KEY].numpy(), parsed[fk.IMAGE_ID_KEY].numpy(),
-                                                 strict=True)):
+        for j, (data, image_id) in enumerate(
+            zip(parsed[fk.IMAGE_KEY].numpy(), parsed[fk.IMAGE_ID_KEY].numpy(), strict=True)
+        ):
             if seen + j in wanted:
                 found[seen + j] = (data, image_id.decode())
         seen += len(parsed[fk.IMAGE_KEY])
@@ -83,8 +85,7 @@ def picture_png(image: np.ndarray, heatmap: np.ndarray | None) -> bytes:
         heat = colormaps[HEATMAP_CMAP](np.clip(heatmap, 0, 1))[..., :3]
         panels.append((1 - HEATMAP_ALPHA) * rgb + HEATMAP_ALPHA * heat)
     size = max(PANEL_PX, gray.shape[0])
-    images = [Image.fromarray((p * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR)
-              for p in panels]
+    images = [Image.fromarray((p * 255).round().astype(np.uint8)).resize((size, size), Image.BILINEAR) for p in panels]
     canvas = Image.new("RGB", (size * len(images) + 4 * (len(images) - 1), size), "white")
     for k, img in enumerate(images):
         canvas.paste(img, (k * (size + 4), 0))
@@ -93,23 +94,48 @@ def picture_png(image: np.ndarray, heatmap: np.ndarray | None) -> bytes:
     return buf.getvalue()
 
 
-def write_gallery(config: PipelineConfig, model_dir: str, test_pattern: str, labels: np.ndarray,
-                  probs: np.ndarray, extras: dict, output_dir: str) -> dict | None:
+def write_gallery(
+    config: PipelineConfig,
+    model_dir: str,
+    test_pattern: str,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    extras: dict,
+    output_dir: str,
+) -> dict | None:
     """Writes `output_dir/gallery/` and `gallery.json`; returns the JSON written, None on failure.
 
     `labels`, `probs` and `extras` are the Evaluator's predictions over `test_pattern`, in file
     order. A picture for people: any failure is a warning on stderr, never a failed evaluation.
     """
     try:
-        return _write_gallery(model_dir, test_pattern, labels, probs, extras, list(config.classes),
-                              config.image_size, output_dir, config.batch_size)
+        return _write_gallery(
+            model_dir,
+            test_pattern,
+            labels,
+            probs,
+            extras,
+            list(config.classes),
+            config.image_size,
+            output_dir,
+            config.batch_size,
+        )
     except Exception as e:
         print(f"cxrflow: warning: error gallery not written: {type(e).__name__}: {e}", file=sys.stderr)
         return None
 
 
-def _write_gallery(model_dir: str, test_pattern: str, labels: np.ndarray, probs: np.ndarray, extras: dict,
-                   classes: list[str], image_size: int, output_dir: str, batch_size: int) -> dict:
+def _write_gallery(
+    model_dir: str,
+    test_pattern: str,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    extras: dict,
+    classes: list[str],
+    image_size: int,
+    output_dir: str,
+    batch_size: int,
+) -> dict:
     import tensorflow as tf  # lazy: the report side of this module must not load TF
 
     from cxrflow.report.gradcam import gradcam_maps, model_view
@@ -136,10 +162,15 @@ def _write_gallery(model_dir: str, test_pattern: str, labels: np.ndarray, probs:
             f.write(picture_png(views[k], None if maps is None else maps[k]))
         pred = int(probs[i].argmax())
         entry = {
-            "file": f"{GALLERY_DIR}/{name}", "index": int(i), "correct": bool(pred == labels[i]),
-            "true": classes[labels[i]], "predicted": classes[pred], "probability": float(probs[i][pred]),
+            "file": f"{GALLERY_DIR}/{name}",
+            "index": int(i),
+            "correct": bool(pred == labels[i]),
+            "true": classes[labels[i]],
+            "predicted": classes[pred],
+            "probability": float(probs[i][pred]),
             "true_class_probability": float(probs[i][labels[i]]),
-            "source": sources[i], "patient_id": patients[i],
+            "source": sources[i],
+            "patient_id": patients[i],
             "image_id": found[i][1],
         }
         if map_ids is not None and int(map_ids[k]) != pred:  # with TTA the map explains the single view
@@ -149,8 +180,13 @@ def _write_gallery(model_dir: str, test_pattern: str, labels: np.ndarray, probs:
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp_dir, final)
     gallery = {
-        "classes": list(classes), "n_test": int(len(labels)), "n_wrong": n_wrong, "shown_wrong": len(wrong),
-        "max_errors": MAX_ERRORS, "correct_per_class": CORRECT_PER_CLASS, "gradcam": maps is not None,
+        "classes": list(classes),
+        "n_test": int(len(labels)),
+        "n_wrong": n_wrong,
+        "shown_wrong": len(wrong),
+        "max_errors": MAX_ERRORS,
+        "correct_per_class": CORRECT_PER_CLASS,
+        "gradcam": maps is not None,
         "entries": entries,
     }
     write_json_atomic(os.path.join(output_dir, GALLERY_JSON), gallery)
@@ -174,22 +210,28 @@ def _card(run_dir: str, e: dict) -> str:
     path = os.path.join(run_dir, str(e.get("file", "")))
     try:
         with open(path, "rb") as f:
-            img = (f'<img alt="{escape(str(e.get("image_id", "")))}" '
-                   f'src="data:image/png;base64,{base64.b64encode(f.read()).decode("ascii")}">')
+            img = (
+                f'<img alt="{escape(str(e.get("image_id", "")))}" '
+                f'src="data:image/png;base64,{base64.b64encode(f.read()).decode("ascii")}">'
+            )
     except OSError:
         img = _note(f"{e.get('file')} not found")
     ok = bool(e.get("correct"))
     verdict = "correct" if ok else "WRONG"
     prob = e.get("probability")
     prob_text = f" ({prob:.2f})" if isinstance(prob, (int, float)) else ""
-    lines = [f'<div class="verdict">{verdict}: true {escape(str(e.get("true")))}, predicted '
-             f'{escape(str(e.get("predicted")))}{prob_text}</div>']
+    lines = [
+        f'<div class="verdict">{verdict}: true {escape(str(e.get("true")))}, predicted '
+        f"{escape(str(e.get('predicted')))}{prob_text}</div>"
+    ]
     if not ok and isinstance(e.get("true_class_probability"), (int, float)):
         lines.append(f"<div>probability of the true class: {e['true_class_probability']:.2f}</div>")
     if e.get("map_class"):
         lines.append(f"<div>map of {escape(str(e['map_class']))}, the single-view prediction</div>")
-    lines.append(f'<div class="meta">source {escape(str(e.get("source") or "(unknown)"))}; patient '
-                 f'{escape(str(e.get("patient_id") or "(unknown)"))}; {escape(str(e.get("image_id", "")))}</div>')
+    lines.append(
+        f'<div class="meta">source {escape(str(e.get("source") or "(unknown)"))}; patient '
+        f"{escape(str(e.get('patient_id') or '(unknown)'))}; {escape(str(e.get('image_id', '')))}</div>"
+    )
     return f'<div class="card{"" if ok else " wrong"}">{img}{"".join(lines)}</div>'
 
 
@@ -210,14 +252,23 @@ def gallery_section(run_dir: str) -> str:
     intro = f"{n_wrong} of {n_test} test images misclassified"
     if n_wrong > len(wrong):
         intro += f"; shown: the {len(wrong)} most confident mistakes"
-    out = [f"<style>{CSS}</style>", f"<p>{escape(intro)}. Left: the image as the model saw it; right: Grad-CAM "
-           "of the predicted class (bright = evidence for it). Dashed red: wrong; solid green: correct.</p>"]
+    out = [
+        f"<style>{CSS}</style>",
+        f"<p>{escape(intro)}. Left: the image as the model saw it; right: Grad-CAM "
+        "of the predicted class (bright = evidence for it). Dashed red: wrong; solid green: correct.</p>",
+    ]
     if not gallery.get("gradcam", True):
         out.append(_note("the model has no gradcam signature: images shown without heatmaps"))
     out.append("<h3>Misclassified</h3>")
-    out.append(f'<div class="gallery">{"".join(_card(run_dir, e) for e in wrong)}</div>' if wrong
-               else "<p>No test image was misclassified.</p>")
+    out.append(
+        f'<div class="gallery">{"".join(_card(run_dir, e) for e in wrong)}</div>'
+        if wrong
+        else "<p>No test image was misclassified.</p>"
+    )
     out.append("<h3>Correctly classified, for contrast</h3>")
-    out.append(f'<div class="gallery">{"".join(_card(run_dir, e) for e in correct)}</div>' if correct
-               else "<p>No test image was classified correctly.</p>")
+    out.append(
+        f'<div class="gallery">{"".join(_card(run_dir, e) for e in correct)}</div>'
+        if correct
+        else "<p>No test image was classified correctly.</p>"
+    )
     return "".join(out)
