@@ -166,6 +166,7 @@ def lungs_hidden(model_dir: str, test_pattern: str, classes: Sequence[str], imag
     for batch in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(test_pattern))).batch(batch_size):
         raw = tf.io.parse_example(batch, spec)
         ids = [index[v.decode()] for v in raw[fk.LABEL_KEY].numpy()]
+        encoded = raw[fk.IMAGE_KEY].numpy()
         view = decode_batch(raw[fk.IMAGE_KEY], image_size, resize_mode).numpy()[..., 0]
         masked = encode_png16(hide_center(view, fraction))
         if tta > 1 and "serving_tta" in model.signatures:
@@ -177,7 +178,7 @@ def lungs_hidden(model_dir: str, test_pattern: str, classes: Sequence[str], imag
         if "gradcam" in model.signatures:
             wanted = [j for j, c in enumerate(ids) if len(shares[classes[c]]) + ids[:j].count(c) < GRADCAM_PER_CLASS]
             if wanted:
-                maps, _ = gradcam_maps(model, [raw[fk.IMAGE_KEY].numpy()[j] for j in wanted])
+                maps, _ = gradcam_maps(model, [encoded[j] for j in wanted])
                 for j, share in zip(wanted, outside_share(maps, fraction), strict=True):
                     shares[classes[ids[j]]].append(float(share))
     y = np.array(labels, dtype=np.int64)
