@@ -2,8 +2,8 @@
 
 Building an Example through the protobuf classes copies each bytes value once per nesting level
 (BytesList, Feature, Features, Example) and once more to serialise it. For ExampleGen, whose
-examples carry whole image files, that was 0.47-0.54 ms of a 0.4 MB file's ~1.2 ms in a
-re-ingest answered from the check cache; this writer takes 0.28-0.32 ms (bench/README.md).
+examples carry whole image files, `to_example` took 0.47-0.54 ms of a 0.4 MB file's ~1.2 ms
+in a re-ingest answered from the check cache; with this writer it takes 0.13 ms (bench/README.md).
 The bytes parse to the same Example as the classes build (tests/test_tf_example.py).
 
 Wire format (tensorflow/core/example/{example,feature}.proto): Example.features = 1;
