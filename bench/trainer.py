@@ -139,7 +139,7 @@ def run(count: int, reps: int = 2) -> dict:
         )
     wall = {k: min(steady(r)[0] for r in v) for k, v in runs.items()}
     cpu = {k: min(steady(r)[1] for r in v) for k, v in runs.items()}
-    off = Augmentation(flip=False, brightness=0, contrast=0, noise=0, rotation_deg=0, zoom=0)
+    off = Augmentation(flip=False, brightness=0, contrast=0, gamma=0, translate=0, noise=0, rotation_deg=0, zoom=0)
     c_noaug = cxrflow_fit(pattern, layer, n, off, "trainer_cache_noaug")
     print(f"[trainer] cxrflow without augmentation: epochs {[round(t, 2) for t in c_noaug[0]]} s", flush=True)
     from cxrflow.trainer.data import training_dataset
