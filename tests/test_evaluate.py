@@ -76,12 +76,18 @@ def test_evaluate_a_flat_folder_given_its_class(trained_model, tiny_config, tmp_
     for f in _files(str(tmp_path / "tmp")):
         os.replace(f, data / os.path.basename(f))
     out = str(tmp_path / "ext")
+    # The files are named patient00000NN: "patient(\d{2})" makes them all one patient.
     assert main(["evaluate", "--model", trained_model, "--data", f"folders:{data}", "--output", out,
-                 "--label", "normal"]) == 0
+                 "--label", "normal", "--patient-pattern", r"patient(\d{2})"]) == 0
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     said = _served_predictions(trained_model, _files(str(data)), list(tiny_config.classes))
+    recall = said.count("normal") / 6
     assert metrics["per_class"]["normal"]["support"] == 6
-    assert metrics["per_class"]["normal"]["recall"] == pytest.approx(said.count("normal") / 6)
+    assert metrics["per_class"]["normal"]["recall"] == pytest.approx(recall)
+    ingest = json.load(open(os.path.join(out, "ingest_report.json")))
+    assert ingest["sources"]["folders:flat"]["images_without_patient"] == 0  # the pattern named them all
+    # One patient: every bootstrap resample draws the same six films, so the interval is a point.
+    assert metrics["ci95"]["normal"]["recall"] == pytest.approx([recall, recall])
     assert main(["evaluate", "--model", trained_model, "--data", f"folders:{data}", "--output", out + "2",
                  "--label", "viral"]) == 2  # not one of the model's classes
 

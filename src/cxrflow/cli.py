@@ -279,8 +279,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = run_external_evaluation(
         _absolute(args.model), [_absolute_data(d) for d in args.data], output, label=args.label,
         model_name=args.model_name, force=args.force, views=tuple(args.views), class_map=args.class_map,
-        finding_map=args.finding_map, batch_size=args.batch_size, seed=args.seed,
-        beam_args=tuple(args.beam_arg), **_shortcut_knobs(args))
+        finding_map=args.finding_map, patient_map=_absolute(args.patient_map), patient_pattern=args.patient_pattern,
+        batch_size=args.batch_size, seed=args.seed, beam_args=tuple(args.beam_arg), **_shortcut_knobs(args))
     external = metrics["external"]
     print(f"external evaluation of {external['model_dir']} (trained on: {external['trained_on_text']})")
     print_metrics(metrics)
@@ -421,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--views", type=_csv, default=PipelineConfig.views, help="views to keep where metadata names them")
     ev.add_argument("--class-map", default="", help="FOLDER=CLASS,... folder-name overrides")
     ev.add_argument("--finding-map", default="", help="[KIND:]FINDING_PREFIX=CLASS,... overrides for findings")
+    ev.add_argument("--patient-map", default="", metavar="CSV",
+                    help="folders sources: CSV file,patient naming each file's patient (bootstrap CIs by patient)")
+    ev.add_argument("--patient-pattern", default="", metavar="REGEX",
+                    help="folders sources: the patient from the file name (group `patient`, else the first group)")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--seed", type=int, default=42, help="seeds the bootstrap CIs")
     ev.add_argument("--beam-arg", action="append", default=[], metavar="ARG")
