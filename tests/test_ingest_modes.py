@@ -77,3 +77,26 @@ def test_finalize_keeps_only_committed_shards_and_fills_empty_splits(tmp_path):
             for s, d in splits.items()}
     assert read == {"train": [b"1", b"2", b"3"], "eval": [b"4"], "test": []}
     assert not tmp.exists()
+
+
+@pytest.mark.parametrize("beam_args", [[], ["--direct_num_workers=1"]], ids=["in_process", "beam"])
+def test_a_file_gone_between_the_passes_is_a_clear_error_and_leaves_no_shards(
+    tiny_config, tmp_path, monkeypatch, beam_args
+):
+    from cxrflow.stages import example_gen
+
+    reads: dict[str, int] = {}
+    real_read = example_gen._read
+
+    def read_once(path: str) -> bytes:  # the second read (pass two) finds the file deleted
+        reads[path] = reads.get(path, 0) + 1
+        if reads[path] > 1:
+            raise FileNotFoundError(path)
+        return real_read(path)
+
+    monkeypatch.setattr(example_gen, "_read", read_once)
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="changed during the ingest"):
+        run_example_gen(tiny_config, str(out), beam_args)
+    assert not [d for d in os.listdir(out) if d.startswith(".shards-")]
+    assert not (out / "ingest_report.json").exists()

@@ -195,7 +195,11 @@ def write_examples(record: Record, plan: dict, max_pixels: int):
     split = plan["assignment"].get(record.image_id)
     if split is None:
         return
-    data = _read(record.path)
+    try:
+        data = _read(record.path)
+    except OSError as e:  # it was read in pass one: the data changed while the ingest ran
+        raise RuntimeError(f"{record.path} was checked but cannot be read again ({e}); "
+                           "was the data changed during the ingest? Run it again.") from e
     encoded = check_image(data, max_pixels).data if record.image_id in plan["reencode"] else data
     yield split, to_example(record, encoded, original=data)
 
@@ -258,12 +262,18 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
     makedirs(tmp_dir)
     args = list(beam_args or config.beam_args)
     progress.start("files checked", len(records), "files")  # the console's bar (progress.py)
-    if args:
-        _run_beam(records, exclusions, config, output_dir, tmp_dir, unreadable_cache_files, args)
-    else:
-        from cxrflow.stages import local_ingest  # lazy: it imports this module
+    try:
+        if args:
+            _run_beam(records, exclusions, config, output_dir, tmp_dir, unreadable_cache_files, args)
+        else:
+            from cxrflow.stages import local_ingest  # lazy: it imports this module
 
-        local_ingest.run(records, exclusions, config, output_dir, tmp_dir, local_workers(), unreadable_cache_files)
+            local_ingest.run(records, exclusions, config, output_dir, tmp_dir, local_workers(), unreadable_cache_files)
+    except BaseException:
+        from cxrflow.stages import shard_writer  # lazy: imports Beam and TF
+
+        shard_writer.discard(tmp_dir)  # a failed run leaves no half-written shards behind
+        raise
     progress.flush("files checked")
     from cxrflow.io_utils import read_json
 

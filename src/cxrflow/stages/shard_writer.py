@@ -13,6 +13,7 @@ Imports Beam and TF at the top: import this module lazily, from inside a pipelin
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -23,6 +24,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from cxrflow.io_utils import join
+
+log = logging.getLogger(__name__)
 
 
 class ShardFiles:
@@ -93,3 +96,12 @@ def finalize(shards: Iterable[tuple[str, str]], tmp_dir: str, split_dirs: dict[s
     if tf.io.gfile.exists(tmp_dir):
         tf.io.gfile.rmtree(tmp_dir)  # and with it any file of a bundle the runner retried
     return counts
+
+
+def discard(tmp_dir: str) -> None:
+    """Deletes the temporary shards of a failed run (best effort: the failure is what matters)."""
+    try:
+        if tf.io.gfile.exists(tmp_dir):
+            tf.io.gfile.rmtree(tmp_dir)
+    except tf.errors.OpError as e:
+        log.warning("could not delete temporary shards in %s: %s", tmp_dir, e)
