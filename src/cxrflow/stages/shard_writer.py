@@ -1,9 +1,10 @@
-"""ExampleGen's output: each bundle's examples go to one TFRecord file per split, renamed into
-place once every bundle is done.
+"""ExampleGen's output: each bundle's (or in-process worker's) examples go to one TFRecord file
+per split, renamed into place once every bundle is done.
 
-Beam's `WriteToTFRecord` does the same job, but one sink per split is three composite
-transforms (temporary-file setup, per-bundle writers, grouping, finalisation), and building
-and translating them cost ExampleGen about as much as checking 100 images (bench/README.md).
+Beam's `WriteToTFRecord` does the same job, but one sink per split makes three composite
+transforms (each: temporary-file setup, per-bundle writers, grouping, finalisation), and building
+and translating them dominated a small run: a 40-element pipeline of ExampleGen's shape took
+2.3-4.3 s with the three sinks and 1.4-1.8 s with this writer (bench/README.md).
 This writer keeps what matters from it: a bundle writes only temporary files, only the files of
 bundles that the runner committed are renamed into place (a retried bundle's leftovers are
 deleted with the temporary folder), and the final names are known only at the end.
