@@ -283,7 +283,10 @@ def main(argv=None) -> int:
     print_report(per_seed, summary)
     cfg = json.loads(configs[seeds[0]].to_json())
     entry = {
-        "label": label, "seeds": {str(s): r for s, r in per_seed.items()}, **summary,
+        "label": label, "seeds": {str(s): r for s, r in per_seed.items()},
+        # Means, ranges and pooled age-group counts per side ("baseline" at the top level is the
+        # baseline's mean macro recall, as in the file's other entries).
+        "summary": summary, "checks": summary["checks"], "ok": summary["ok"],
         "value": summary["cxrflow"]["macro_recall_mean"],
         "baseline": summary.get("baseline", {}).get("macro_recall_mean"),
         "unit": "mean macro recall", "target": dict(TARGETS), "target_kind": "quality",
