@@ -171,6 +171,9 @@ def rescore_seed(config, label: str, skip_baseline: bool) -> dict | None:
                     open(os.path.join(REPO, "bench", "quality_baseline.py")).read())
     if not skip_baseline and os.path.exists(os.path.join(QUALITY_DIR, f"baseline-{base_key}", "_COMPLETE")):
         out["baseline"] = _baseline(examples, config, base_key, groups)
+    saved = os.path.join(run_dir, "seed_result.json")
+    if os.path.exists(saved):  # the finished run's own stage times beat the file-time estimate
+        out["times"] = read_json(saved)["times"]
     return out
 
 
