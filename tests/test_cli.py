@@ -5,7 +5,7 @@ import os
 import pytest
 import yaml
 
-from cxrflow import cli, deploy
+from cxrflow import cli, cli_flags, deploy
 
 
 def test_run_flags_reach_the_config(tmp_path):
@@ -17,7 +17,7 @@ def test_run_flags_reach_the_config(tmp_path):
         "--trainer-accelerator", "NVIDIA_TESLA_T4", "--trainer-gpus", "2", "--beam-arg=--runner=DirectRunner",
         "--ingest-cache", "rel/cache",
     ])
-    config = cli.config_from_args(args, str(tmp_path))
+    config = cli_flags.config_from_args(args, str(tmp_path))
     assert config.data == (f"folders:{os.path.abspath('rel/path')}", "ieee:gs://b/ieee")
     assert (config.classes, config.image_size, config.model, config.weights) == (
         ("covid", "normal"), 224, "mobilenetv2", "imagenet")
