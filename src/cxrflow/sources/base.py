@@ -92,6 +92,16 @@ class SourceAdapter(ABC):
     def relative(self, path: str) -> str:
         return posixpath.relpath(path, self.root)
 
+    def claim_image_id(self, path: str, seen: set[str]) -> str | None:
+        """`<source>:<relative path>` for a file's first row; None when an earlier row already
+        named it (counted `duplicate_row`: two records of one file would make ExampleGen refuse
+        the whole run)."""
+        image_id = f"{self.source_name}:{self.relative(path)}"
+        if image_id in seen:
+            return None
+        seen.add(image_id)
+        return image_id
+
     def views(self) -> set[str]:
         """The `views` option, normalised; the config's default (frontal views) when unset."""
         text = self.options.get("views") or ",".join(PipelineConfig.views)

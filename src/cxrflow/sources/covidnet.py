@@ -94,11 +94,10 @@ class CovidNetMetadataSource(SourceAdapter):
             if not row.get("patientid"):
                 yield Exclusion(source, path, "no_patient_id")  # cannot be split leak-free
                 continue
-            image_id = f"{source}:{self.relative(path)}"
-            if image_id in seen:
+            image_id = self.claim_image_id(path, seen)
+            if image_id is None:
                 yield Exclusion(source, path, "duplicate_row")
                 continue
-            seen.add(image_id)
             yield Record(
                 path=path,
                 image_id=image_id,

@@ -71,11 +71,10 @@ class CovidxSource(SourceAdapter):
                 if path not in present:
                     yield Exclusion(source, path, "missing_file")
                     continue
-                image_id = f"{source}:{self.relative(path)}"
-                if image_id in seen:
+                image_id = self.claim_image_id(path, seen)
+                if image_id is None:
                     yield Exclusion(source, path, "duplicate_row")
                     continue
-                seen.add(image_id)
                 origin = f"{fields[3]}:" if len(fields) == 4 else ""
                 yield Record(
                     path=path,

@@ -83,11 +83,10 @@ class NihSource(SourceAdapter):
             if not row.get("patient id"):
                 yield Exclusion(source, where, "no_patient_id")  # cannot be split leak-free
                 continue
-            image_id = f"{source}:{self.relative(where)}"
-            if image_id in seen:
+            image_id = self.claim_image_id(where, seen)
+            if image_id is None:
                 yield Exclusion(source, where, "duplicate_row")
                 continue
-            seen.add(image_id)
             yield Record(
                 path=where,
                 image_id=image_id,
