@@ -215,3 +215,36 @@ def test_kfp_metrics_carry_the_checks_that_ran():
                                          "lungs_hidden_macro_recall": 0.5}
     skipped = {"shortcut": {"trait_probe": {"skipped": "why"}, "lungs_hidden": {"skipped": "why"}, "warnings": []}}
     assert shortcut.kfp_metrics(skipped) == {"shortcut_warnings": 0.0}
+
+
+def _one_hot(predicted: list[int], k: int = 3) -> np.ndarray:
+    return np.eye(k)[predicted]
+
+
+def test_age_group_calls_name_a_class_called_for_most_of_a_groups_other_films():
+    classes = ("covid", "bacterial", "normal")
+    # adults: 2 covid (called covid), 3 bacterial (2 called covid, 1 bacterial), 2 normal (1 called covid, 1 normal);
+    # children: 3 bacterial, 3 normal, all called right. Hand counts: adults' non-covid films 5,
+    # called covid 3 (>= half of >= 3 films): named. Children: nobody called covid.
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 1, 1, 1, 2, 2, 2])
+    predicted = [0, 0, 0, 0, 1, 0, 2, 1, 1, 1, 2, 2, 2]
+    groups = ["adult"] * 7 + ["child"] * 6
+    result = shortcut.age_group_calls(labels, _one_hot(predicted), groups, classes)
+    assert result["calls"]["adult"]["covid"] == {"other_films": 5, "called": 3}
+    assert result["calls"]["adult"]["normal"] == {"other_films": 5, "called": 0}  # the one normal call is a normal film
+    assert result["calls"]["child"]["covid"] == {"other_films": 6, "called": 0}
+    assert result["warning"].startswith("3 of 5 non-covid films in age group adult were called covid.")
+    assert "child" not in result["warning"]
+    assert result["warning"] in shortcut.warnings({"shortcut": {"age_groups": result}})
+
+
+def test_age_group_calls_stay_quiet_below_half_or_on_too_few_films():
+    classes = ("covid", "normal")
+    labels = np.array([1, 1, 1, 1, 1, 1, 1, 1])
+    predicted = [0, 0, 1, 1, 1, 0, 0, 1]  # adults 2 of 5 called covid; unknown age 2 of 3: at the bar
+    groups = ["adult"] * 5 + [""] * 3
+    result = shortcut.age_group_calls(labels, _one_hot(predicted, 2), groups, classes)
+    assert result["calls"]["(unknown)"]["covid"] == {"other_films": 3, "called": 2}
+    assert result["warning"].startswith("2 of 3 non-covid films in age group (unknown)")
+    few = shortcut.age_group_calls(labels[:2], _one_hot(predicted[:2], 2), ["adult"] * 2, classes)
+    assert few["warning"] is None  # 2 of 2, but two films decide nothing

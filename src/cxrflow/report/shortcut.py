@@ -27,6 +27,10 @@ TRAIT_INT_KEYS, TRAIT_STR_KEYS = fk.TRAIT_INT_KEYS, fk.TRAIT_STR_KEYS  # Example
 MISSING_INT = -1
 PROBE_TREES = 200
 GRADCAM_PER_CLASS = 16  # images per true class whose Grad-CAM share is measured (cost: one backward pass each)
+# A class called for at least half of a group's other films, seen on at least this many films,
+# is named: below it a single film decides the share.
+GROUP_CALL_MIN_FILMS = 3
+GROUP_CALL_SHARE = 0.5
 
 
 def read_traits(pattern: str) -> tuple[list[str], list[dict]] | None:
@@ -229,10 +233,39 @@ def lungs_hidden(model_dir: str, test_pattern: str, classes: Sequence[str], imag
     return result
 
 
+def age_group_calls(labels: np.ndarray, probs: np.ndarray, groups: Sequence[str], classes: Sequence[str]) -> dict:
+    """Per age group and class: how many films of the other classes were called that class.
+
+    The question the confounded public sets raise: is a healthy adult called COVID for being an
+    adult? Overall recall hides it when most non-COVID films are children. A class called for at
+    least GROUP_CALL_SHARE of a group's other films (GROUP_CALL_MIN_FILMS or more) is named in
+    `warning`.
+    """
+    predicted = np.asarray(probs).argmax(axis=1) if len(labels) else np.zeros(0, int)
+    groups = np.array([g or "(unknown)" for g in groups])
+    calls: dict[str, dict] = {}
+    named = []
+    for group in sorted(set(groups.tolist())):
+        in_group = groups == group
+        calls[group] = {}
+        for i, name in enumerate(classes):
+            others = in_group & (np.asarray(labels) != i)
+            called = int((predicted[others] == i).sum())
+            calls[group][name] = {"other_films": int(others.sum()), "called": called}
+            if others.sum() >= GROUP_CALL_MIN_FILMS and called >= GROUP_CALL_SHARE * others.sum():
+                named.append(f"{called} of {int(others.sum())} non-{name} films in age group {group} "
+                             f"were called {name}")
+    warning = None
+    if named:
+        warning = ("; ".join(named) + ". The model may be reading the patient's age or the source rather than the "
+                   "disease: check recall within each age group, and add films of the other classes from that group.")
+    return {"calls": calls, "warning": warning}
+
+
 def warnings(metrics: dict) -> list[str]:
     """Every shortcut warning in a metrics.json, in words."""
     section = metrics.get("shortcut") or {}
-    out = [section[k]["warning"] for k in ("trait_probe", "lungs_hidden")
+    out = [section[k]["warning"] for k in ("trait_probe", "lungs_hidden", "age_groups")
            if isinstance(section.get(k), dict) and section[k].get("warning")]
     note = (section.get("lungs_hidden") or {}).get("gradcam_note")
     return out + ([note] if note else [])

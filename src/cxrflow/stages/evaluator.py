@@ -21,7 +21,7 @@ from cxrflow import progress
 from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import join, write_json_atomic
 from cxrflow.metrics import metrics_from_confusion, metrics_from_probabilities
-from cxrflow.report import GRADCAM_PNG, ROC_PNG, TSNE_JSON, TSNE_PNG
+from cxrflow.report import GRADCAM_PNG, ROC_PNG, TSNE_JSON, TSNE_PNG, shortcut
 from cxrflow.report.bootstrap import bootstrap_ci
 from cxrflow.report.gallery import write_gallery
 from cxrflow.report.plots import plot_roc
@@ -226,12 +226,10 @@ def age_group_metrics(labels: np.ndarray, probs: np.ndarray, extras: dict, class
 
 
 def shortcut_checks(config: PipelineConfig, model_dir: str, test_pattern: str, train_pattern: str | None,
-                    metrics: dict) -> dict:
-    """The trait probe and the lungs-hidden test (report/shortcut.py); a check that cannot run
-    says why instead of failing the evaluation."""
-    from cxrflow.report import shortcut
-
-    section: dict[str, dict] = {}
+                    metrics: dict, age_groups: dict) -> dict:
+    """The trait probe, the lungs-hidden test and the calls per age group (report/shortcut.py);
+    a check that cannot run says why instead of failing the evaluation."""
+    section: dict[str, dict] = {"age_groups": age_groups}
     if not train_pattern:
         section["trait_probe"] = {"skipped": "no train split here (external evaluation): nothing to fit a probe on"}
     else:
@@ -293,7 +291,8 @@ def evaluate_model(
     metrics["ci95"] = bootstrap_ci(labels, probs, extras[fk.PATIENT_ID_KEY], classes, seed=config.seed)
     metrics["by_age_group"] = age_group_metrics(labels, probs, extras, classes, config.seed)
     metrics["classes_absent"] = [c for c in classes if metrics["per_class"][c]["support"] == 0]
-    metrics["shortcut"] = shortcut_checks(config, model_dir, test_pattern, train_pattern, metrics)
+    metrics["shortcut"] = shortcut_checks(config, model_dir, test_pattern, train_pattern, metrics,
+                                          shortcut.age_group_calls(labels, probs, extras[fk.AGE_GROUP_KEY], classes))
     if external is not None:
         metrics["external"] = external
         predicted = np.array(metrics["confusion_matrix"]).sum(axis=0)
