@@ -96,6 +96,11 @@ class PipelineConfig:
     # Same seed, same weights on CPU: TF op determinism in the Trainer and a content-defined
     # order of the training examples (trainer/data.py); costs some speed (README).
     deterministic: bool = True
+    # Decision rule for one screening class (trainer/operating_point.py): after training, the
+    # smallest logit offset that gives this class the target recall on the eval split is built
+    # into the model, at most `operating_max_offset`. () = plain argmax.
+    operating_point: tuple[tuple[str, float], ...] = ()
+    operating_max_offset: float = 2.0
     # Evaluator
     tta: int = 1
     min_recall: tuple[tuple[str, float], ...] = (("covid", 0.9),)
@@ -170,6 +175,15 @@ class PipelineConfig:
         unknown = [name for name, _ in self.min_recall if name not in self.classes]
         if unknown:
             raise ConfigError(f"min_recall names classes not in {list(self.classes)}: {unknown}")
+        if len(self.operating_point) > 1:
+            raise ConfigError(f"operating_point takes one class, got {len(self.operating_point)}")
+        for name, target in self.operating_point:
+            if name not in self.classes:
+                raise ConfigError(f"operating_point names {name!r}, not one of {list(self.classes)}")
+            if not 0 < target <= 1:
+                raise ConfigError(f"operating_point recall must lie in (0, 1], got {target}")
+        if self.operating_max_offset < 0:
+            raise ConfigError(f"operating_max_offset must be 0 or more, got {self.operating_max_offset}")
         for entry in self.data:
             kind, sep, path = entry.partition(":")
             if not sep or not kind or not path:
@@ -199,8 +213,9 @@ class PipelineConfig:
         for key in ("data", "classes", "views", "beam_args"):
             if key in values:
                 values[key] = tuple(values[key])
-        if "min_recall" in values:
-            values["min_recall"] = tuple((str(k), float(v)) for k, v in values["min_recall"])
+        for key in ("min_recall", "operating_point"):
+            if key in values:
+                values[key] = tuple((str(k), float(v)) for k, v in values[key])
         if isinstance(values.get("augmentation"), dict):
             values["augmentation"] = Augmentation(**values["augmentation"])
         for key in ("trainer_resources", "default_resources"):
@@ -244,7 +259,8 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
                  "work_dir"),
     "trainer": ("classes", "views", "image_size", "normalization", "resize_mode", "resample", "class_weights",
                 "model", "weights", "epochs", "batch_size", "learning_rate", "weight_decay",
-                "early_stopping_patience", "augmentation", "seed", "deterministic", "tta", "beam_args", "work_dir"),
+                "early_stopping_patience", "augmentation", "seed", "deterministic", "operating_point",
+                "operating_max_offset", "tta", "beam_args", "work_dir"),
     "served_model": ("serving_dir", "model_name"),
     "evaluator": ("classes", "image_size", "batch_size", "tta", "seed", "beam_args", "min_recall",
                   "min_macro_recall", "max_regression", "blessing_rule", "probe_margin", "probe_max_macro_recall",

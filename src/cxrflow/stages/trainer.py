@@ -15,9 +15,12 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from cxrflow import progress
 from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import write_json_atomic
+from cxrflow.trainer import operating_point
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +167,14 @@ def run_fn(fn_args: FnArgs) -> dict:
         best = tracker.best
     if os.path.exists(best_path):
         model.load_weights(best_path)  # early stopping keeps the best epoch, not the last
+    operating = set_operating_point(model, eval_ds, data.steps(fn_args.eval_count, config.batch_size), config)
     shutil.rmtree(os.path.join(cache_dir, "ordered"), ignore_errors=True)  # a copy of the train split
 
     tmp_export = fn_args.serving_model_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp_export, ignore_errors=True)
     export_serving_model(model, tft_layer, config.classes, config.image_size, config.normalization, config.tta,
-                         tmp_export, resize_mode=config.resize_mode, trained_on=fn_args.trained_on)
+                         tmp_export, resize_mode=config.resize_mode, trained_on=fn_args.trained_on,
+                         operating_point=operating)
     shutil.rmtree(fn_args.serving_model_dir, ignore_errors=True)
     os.replace(tmp_export, fn_args.serving_model_dir)
     summary = {
@@ -183,11 +188,30 @@ def run_fn(fn_args: FnArgs) -> dict:
         "weight_decay": config.weight_decay,
         "deterministic": config.deterministic,
         "trained_on": fn_args.trained_on,
+        "operating_point": operating,
         "history": history,
     }
     write_json_atomic(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), summary)
     log.info("trained %s for %d epochs", config.model, len(history))
     return summary
+
+
+def set_operating_point(model, eval_ds, eval_steps: int, config: PipelineConfig) -> dict:
+    """Builds the configured operating point into the model (trainer/operating_point.py) from
+    one pass over the eval split; returns what was chosen ({} when none is configured)."""
+    if not config.operating_point:
+        return {}
+    name, target = config.operating_point[0]
+    probs, labels = [], []
+    for images, label_ids in eval_ds.take(eval_steps):  # batched once over the split, then repeated
+        probs.append(np.asarray(model(images, training=False), dtype=np.float64))
+        labels.append(label_ids.numpy())
+    chosen = operating_point.choose(np.concatenate(probs), np.concatenate(labels), list(config.classes), name,
+                                    target, config.operating_max_offset)
+    operating_point.apply(model, config.classes.index(name), chosen["offset"])
+    log.info("operating point for %s: logit offset %.3f (eval recall %s -> %s)", name, chosen["offset"],
+             chosen.get("recall_before", {}).get(name), chosen.get("recall_after", {}).get(name))
+    return chosen
 
 
 def _deterministic_gpu_ops() -> None:

@@ -34,10 +34,12 @@ METADATA_FILE = "cxrflow_model.json"  # in assets.extra/, which TF Serving ignor
 
 class CxrServingModule(tf.Module):
     def __init__(self, model, tft_layer, classes, image_size: int, normalization: str, tta: int,
-                 resize_mode: str = "stretch", trained_on: dict | None = None) -> None:
+                 resize_mode: str = "stretch", trained_on: dict | None = None,
+                 operating_point: dict | None = None) -> None:
         super().__init__()
         self.resize_mode = resize_mode
         self.trained_on = json.dumps(trained_on or {}, sort_keys=True)
+        self.operating_point = json.dumps(operating_point or {}, sort_keys=True)
         self.model = model
         self.tft_layer = tft_layer
         self.classes = list(classes)
@@ -149,6 +151,8 @@ class CxrServingModule(tf.Module):
             "resize_mode": tf.constant(self.resize_mode),
             # JSON: {"sources": [...], "counts": {class: n}, "by_source": {...}}; {} when not recorded
             "trained_on": tf.constant(self.trained_on),
+            # JSON: the screening class's logit offset, set on the eval split; {} = plain argmax
+            "operating_point": tf.constant(self.operating_point),
         }
 
 
@@ -182,14 +186,16 @@ def tta_view(images, index):
 
 def export_serving_model(
     model, tft_layer, classes, image_size: int, normalization: str, tta: int, export_dir: str,
-    resize_mode: str = "stretch", trained_on: dict | None = None,
+    resize_mode: str = "stretch", trained_on: dict | None = None, operating_point: dict | None = None,
 ) -> str:
     """Saves the serving module to `export_dir` (which must not exist yet).
 
     `resize_mode` is recorded only: the resize itself is inside the TFT graph (tft_layer), the
-    same one training used. `trained_on` names the training sources and per-class counts.
+    same one training used. `trained_on` names the training sources and per-class counts;
+    `operating_point` what trainer/operating_point.py built into the model's bias (recorded only).
     """
-    module = CxrServingModule(model, tft_layer, classes, image_size, normalization, tta, resize_mode, trained_on)
+    module = CxrServingModule(model, tft_layer, classes, image_size, normalization, tta, resize_mode, trained_on,
+                              operating_point)
     signatures = {
         "serving_default": module.serve_images.get_concrete_function(),
         "serving_tta": module.serve_images_tta.get_concrete_function(),
@@ -203,5 +209,6 @@ def export_serving_model(
     tf.io.gfile.makedirs(extra)
     with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
         f.write(json.dumps({"classes": list(classes), "image_size": image_size, "normalization": normalization,
-                            "tta": tta, "resize_mode": resize_mode, "trained_on": trained_on or {}}, indent=2))
+                            "tta": tta, "resize_mode": resize_mode, "trained_on": trained_on or {},
+                            "operating_point": operating_point or {}}, indent=2))
     return export_dir
