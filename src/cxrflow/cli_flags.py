@@ -81,6 +81,12 @@ def add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--blessing-rule", choices=BLESSING_RULES, default="bootstrap",
                    help="judge a drop by a paired patient bootstrap (default) or by the point estimates")
     p.add_argument("--min-recall", default="covid=0.9", help="CLASS=VALUE,... recall floors for blessing")
+    p.add_argument("--operating-point", default=",".join(f"{c}={v:g}" for c, v in PipelineConfig.operating_point),
+                   metavar="CLASS=RECALL",
+                   help="after training, raise CLASS's logit just enough to reach RECALL on the eval split "
+                        "(dropped when CLASS is not among --classes; 'none' = plain argmax)")
+    p.add_argument("--operating-max-offset", type=float, default=PipelineConfig.operating_max_offset,
+                   help="largest logit offset the operating point may add")
     p.add_argument("--seed", type=int, default=42)
     add_shortcut_flags(p)
     p.add_argument("--base-image", default="", help="container image for every KFP task (compile)")
@@ -112,12 +118,12 @@ def shortcut_knobs(args: argparse.Namespace) -> dict:
             "probe_margin": args.probe_margin, "probe_max_macro_recall": args.probe_max_macro_recall}
 
 
-def min_recall_pairs(text: str) -> tuple[tuple[str, float], ...]:
+def min_recall_pairs(text: str, flag: str = "--min-recall") -> tuple[tuple[str, float], ...]:
     out = []
     for item in csv_list(text):
         name, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--min-recall takes CLASS=VALUE, got {item!r}")
+            raise ValueError(f"{flag} takes CLASS=VALUE, got {item!r}")
         out.append((name, float(value)))
     return tuple(out)
 
@@ -133,6 +139,8 @@ def base_image_from_args(args: argparse.Namespace) -> str:
 def config_from_args(args: argparse.Namespace, output_dir: str | None = None) -> PipelineConfig:
     serving_dir = args.serving_dir or (os.path.join(os.path.abspath(output_dir), "serving") if output_dir else "")
     min_recall = tuple((c, v) for c, v in min_recall_pairs(args.min_recall) if c in args.classes)
+    operating = "" if args.operating_point in ("none", "") else args.operating_point
+    operating_point = tuple((c, v) for c, v in min_recall_pairs(operating, "--operating-point") if c in args.classes)
     return PipelineConfig(
         data=tuple(absolute_data(d) for d in args.data), classes=tuple(args.classes), views=tuple(args.views),
         class_map=args.class_map, finding_map=args.finding_map, kaggle_merge_val=not args.kaggle_val_as_eval,
@@ -149,7 +157,8 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         vertex_project=args.vertex_project, vertex_region=args.vertex_region, vertex_endpoint=args.vertex_endpoint,
         min_macro_recall=args.min_macro_recall,
         max_regression=args.max_regression, blessing_rule=args.blessing_rule,
-        min_recall=min_recall, seed=args.seed, base_image=base_image_from_args(args), beam_args=tuple(args.beam_arg),
+        min_recall=min_recall, operating_point=operating_point, operating_max_offset=args.operating_max_offset,
+        seed=args.seed, base_image=base_image_from_args(args), beam_args=tuple(args.beam_arg),
         trainer_resources=Resources(args.trainer_cpu, args.trainer_memory, args.trainer_accelerator,
                                     args.trainer_gpus),
         default_resources=Resources(args.task_cpu, args.task_memory), **shortcut_knobs(args),
