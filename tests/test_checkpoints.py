@@ -120,3 +120,22 @@ def test_a_later_phase_replaces_the_best_weights_only_with_better_ones(tmp_path)
     reloaded.load_weights(best_path)
     for a, b in zip(finetune.get_weights(), reloaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+class _ValRecall(keras.callbacks.Callback):
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_macro_recall"] = self.values[epoch]
+
+
+def test_a_maximised_monitor_keeps_the_highest_value_and_stops_after_patience(tmp_path):
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    tracker = ResumableTraining(str(tmp_path / "b"), str(tmp_path / "best.weights.h5"), monitor="val_macro_recall",
+                                patience=2, mode="max")
+    history = _model().fit(x, np.array([0, 1] * 4), epochs=6, verbose=0,
+                           callbacks=[_ValRecall([0.4, 0.7, 0.6, 0.65, 0.9, 0.95]), tracker])
+    # best 0.7 at epoch 2; epochs 3 and 4 are not better: stopped after 4 epochs, 0.9 never seen
+    assert len(history.history["loss"]) == 4 and tracker.best == -0.7 and tracker.wait == 2

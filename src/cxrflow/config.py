@@ -17,6 +17,7 @@ BALANCE_BY = ("", "age_group", "source")  # nuisance variables Resample can bala
 NORMALIZATIONS = ("unit", "zscore")
 BLESSING_RULES = ("bootstrap", "point")
 RESIZE_MODES = ("stretch", "pad")
+EARLY_STOPPING_METRICS = ("val_loss", "val_macro_recall")  # the second is maximised
 
 
 class ConfigError(ValueError):
@@ -91,6 +92,9 @@ class PipelineConfig:
     # Keras' AdamW decays by learning_rate * weight_decay per step (decoupled), so 1e-4 was ~1e-7.
     weight_decay: float = 0.02
     early_stopping_patience: int = 6
+    # What picks the best epoch and stops training: the eval split's loss, or its macro recall
+    # (argmax decisions, trainer/training_metrics.py)
+    early_stopping_metric: str = "val_loss"
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 42
     # Same seed, same weights on CPU: TF op determinism in the Trainer and a content-defined
@@ -168,6 +172,9 @@ class PipelineConfig:
             raise ConfigError("eval_fraction + test_fraction must leave data for training")
         if self.blessing_rule not in BLESSING_RULES:
             raise ConfigError(f"blessing_rule must be one of {BLESSING_RULES}, got {self.blessing_rule!r}")
+        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            raise ConfigError(f"early_stopping_metric must be one of {EARLY_STOPPING_METRICS}, "
+                              f"got {self.early_stopping_metric!r}")
         if self.tta < 1:
             raise ConfigError("tta must be 1 (off) or more")
         if not 0 < self.lungs_hidden_fraction < 1:
@@ -259,8 +266,8 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
                  "work_dir"),
     "trainer": ("classes", "views", "image_size", "normalization", "resize_mode", "resample", "class_weights",
                 "model", "weights", "epochs", "batch_size", "learning_rate", "weight_decay",
-                "early_stopping_patience", "augmentation", "seed", "deterministic", "operating_point",
-                "operating_max_offset", "tta", "beam_args", "work_dir"),
+                "early_stopping_patience", "early_stopping_metric", "augmentation", "seed", "deterministic",
+                "operating_point", "operating_max_offset", "tta", "beam_args", "work_dir"),
     "served_model": ("serving_dir", "model_name"),
     "evaluator": ("classes", "image_size", "batch_size", "tta", "seed", "beam_args", "min_recall",
                   "min_macro_recall", "max_regression", "blessing_rule", "probe_margin", "probe_max_macro_recall",

@@ -100,6 +100,7 @@ def run_fn(fn_args: FnArgs) -> dict:
     from cxrflow.trainer.checkpoints import ResumableTraining
     from cxrflow.trainer.export import export_serving_model
     from cxrflow.trainer.models import build_model, set_backbone_trainable
+    from cxrflow.trainer.training_metrics import MacroRecall
 
     config = fn_args.config
     os.makedirs(fn_args.model_run_dir, exist_ok=True)
@@ -140,12 +141,14 @@ def run_fn(fn_args: FnArgs) -> dict:
         model.compile(
             optimizer=optimizer_for(config, schedule),
             loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
+            metrics=["accuracy", MacroRecall(len(config.classes))],
         )
         if phase["name"] == "finetune" and os.path.exists(best_path):
             model.load_weights(best_path)  # fine-tune from the best head, not the last
+        mode = "min" if config.early_stopping_metric == "val_loss" else "max"
         tracker = ResumableTraining(os.path.join(fn_args.model_run_dir, "backup", phase["name"]), best_path,
-                                    monitor="val_loss", patience=config.early_stopping_patience, initial_best=best)
+                                    monitor=config.early_stopping_metric, patience=config.early_stopping_patience,
+                                    initial_best=best, mode=mode)
         callbacks = [
             # Resume backup, best checkpoint and early stopping, all written atomically: a
             # killed run resumes at its last finished epoch with its best score and patience.
@@ -184,7 +187,9 @@ def run_fn(fn_args: FnArgs) -> dict:
         "train_count": fn_args.train_count,
         "eval_count": fn_args.eval_count,
         "class_weight": class_weight,
-        "best_val_loss": best if math.isfinite(best) else None,
+        "monitor": config.early_stopping_metric,
+        # the best epoch's value of `monitor` (tracker.best is negated for a maximised metric)
+        "best_score": (best if config.early_stopping_metric == "val_loss" else -best) if math.isfinite(best) else None,
         "weight_decay": config.weight_decay,
         "deterministic": config.deterministic,
         "trained_on": fn_args.trained_on,

@@ -37,14 +37,20 @@ class ResumableTraining(keras.callbacks.Callback):
     `initial_best` is the score of the weights already in `best_path`: a later training phase
     (fine-tuning after the frozen-backbone phase) passes the earlier phase's best, so it replaces
     those weights only with better ones. One best is kept across phases.
+
+    `mode` "max" keeps the highest value (a recall) instead of the lowest (a loss); `best` is
+    then stored negated, so that one comparison and `initial_best=inf` serve both.
     """
 
     def __init__(self, backup_dir: str, best_path: str, monitor: str = "val_loss", patience: int = 6,
-                 initial_best: float = math.inf) -> None:
+                 initial_best: float = math.inf, mode: str = "min") -> None:
         super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be min or max, got {mode!r}")
         self.backup_dir = backup_dir
         self.best_path = best_path
         self.monitor = monitor
+        self.sign = 1.0 if mode == "min" else -1.0
         self.patience = patience
         self.best = float(initial_best)
         self.wait = 0
@@ -76,8 +82,8 @@ class ResumableTraining(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         value = (logs or {}).get(self.monitor)
-        if value is not None and value < self.best:
-            self.best, self.wait = float(value), 0
+        if value is not None and self.sign * value < self.best:
+            self.best, self.wait = self.sign * float(value), 0
             _replace_file(lambda p: self.model.save_weights(p), self.best_path)
         else:
             self.wait += 1
