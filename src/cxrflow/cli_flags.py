@@ -12,6 +12,7 @@ import os
 from cxrflow.config import (
     BLESSING_RULES,
     DEFAULT_CLASSES,
+    EARLY_STOPPING_METRICS,
     MODELS,
     RESAMPLE_MODES,
     RESIZE_MODES,
@@ -62,6 +63,9 @@ def add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
                    help="AdamW decoupled weight decay (each step shrinks weights by learning rate x this)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=PipelineConfig.deterministic,
                    help="same seed, same weights on CPU (TF op determinism; slower); --no-deterministic is faster")
+    p.add_argument("--early-stopping-metric", choices=EARLY_STOPPING_METRICS,
+                   default=PipelineConfig.early_stopping_metric,
+                   help="what picks the best epoch and stops training: eval loss, or eval macro recall")
     p.add_argument("--resample", choices=RESAMPLE_MODES, default="none")
     p.add_argument("--no-class-weights", action="store_true", help="train without inverse-frequency weights")
     p.add_argument("--balance-by", choices=("age_group", "source"), default="",
@@ -150,7 +154,8 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         image_size=args.image_size, normalization=args.normalization,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
-        resize_mode=args.resize_mode, weight_decay=args.weight_decay, deterministic=args.deterministic,
+        resize_mode=args.resize_mode, weight_decay=args.weight_decay,
+        early_stopping_metric=args.early_stopping_metric, deterministic=args.deterministic,
         balance_by=args.balance_by,
         augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,
         model_name=args.model_name, keep_versions=args.keep, vertex_model=args.vertex_model,
