@@ -1,11 +1,11 @@
-"""Local parallelism defaults for the Beam data stages."""
+"""ExampleGen's Beam options: the local defaults and what is left to the user."""
 
 from __future__ import annotations
 
 import pytest
 
 from cxrflow import beam_options
-from cxrflow.beam_options import with_local_threads
+from cxrflow.beam_options import with_local_defaults
 
 
 @pytest.fixture
@@ -16,11 +16,9 @@ def cores(monkeypatch):
     return set_cores
 
 
-def test_local_run_gets_one_thread_per_core_up_to_the_cap(cores):
-    cores(2)
-    assert with_local_threads([]) == ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]
-    cores(64)
-    assert with_local_threads(["--runner=DirectRunner"])[-1] == f"--direct_num_workers={beam_options.MAX_LOCAL_THREADS}"
+def test_a_run_without_a_runner_gets_the_in_memory_batch_runner():
+    assert with_local_defaults([]) == ["--runner=FnApiRunner", "--no_pipeline_type_check"]
+    assert with_local_defaults(("--temp_location=/tmp/x",))[0] == "--temp_location=/tmp/x"
 
 
 @pytest.mark.parametrize(
@@ -28,18 +26,16 @@ def test_local_run_gets_one_thread_per_core_up_to_the_cap(cores):
     [
         ["--runner=DataflowRunner", "--project=p"],
         ["--runner", "FlinkRunner"],
-        ["--direct_running_mode=multi_processing"],
-        ["--direct_num_workers", "1"],
+        ["--runner=DirectRunner", "--direct_running_mode=multi_processing"],
     ],
 )
-def test_other_runners_and_explicit_choices_are_left_alone(cores, args):
-    cores(8)
-    assert with_local_threads(args) == args
+def test_a_named_runner_and_its_options_are_left_alone(args):
+    assert with_local_defaults(args) == [*args, "--no_pipeline_type_check"]
 
 
-def test_one_core_adds_nothing(cores):
-    cores(1)
-    assert with_local_threads(("--temp_location=/tmp/x",)) == ["--temp_location=/tmp/x"]
+def test_direct_options_without_a_runner_reach_the_local_runner():
+    args = ["--direct_running_mode=multi_threading", "--direct_num_workers=2", "--no_pipeline_type_check"]
+    assert with_local_defaults(args) == [*args, "--runner=FnApiRunner"]
 
 
 def test_local_workers_one_per_core_capped(cores):

@@ -1,5 +1,6 @@
 """ExampleGen's Beam pipeline writes every kept image once, byte for byte, through the shard
-writer, on the default local threads and on one worker alike. Also the shard writer's finalize step."""
+writer: by default (one in-memory worker, a thread pool in each DoFn) and on the DirectRunner's
+worker threads alike (several bundles, the records reshuffled). Also the shard writer's finalize step."""
 
 from __future__ import annotations
 
@@ -29,13 +30,13 @@ def _examples(out: str) -> dict[str, list[tuple[str, bytes]]]:
 @pytest.fixture(scope="module")
 def both_modes(tiny_config, tmp_path_factory):
     base = tmp_path_factory.mktemp("modes")
-    local = run_example_gen(tiny_config, str(base / "local"))  # default: one thread per core
-    beam = run_example_gen(tiny_config, str(base / "beam"), ["--direct_running_mode=in_memory",
-                                                             "--direct_num_workers=1"])
+    local = run_example_gen(tiny_config, str(base / "local"))  # default: one worker, threads in the DoFns
+    beam = run_example_gen(tiny_config, str(base / "beam"), ["--runner=FnApiRunner", "--direct_num_workers=2",
+                                                             "--direct_running_mode=multi_threading"])
     return (local, str(base / "local")), (beam, str(base / "beam"))
 
 
-def test_threaded_and_single_worker_runs_write_the_same_examples_and_report(both_modes, tiny_data):
+def test_default_and_multi_worker_runs_write_the_same_examples_and_report(both_modes, tiny_data):
     (local_report, local_dir), (beam_report, beam_dir) = both_modes
     assert local_report == beam_report
     local, beam = _examples(local_dir), _examples(beam_dir)

@@ -1,4 +1,4 @@
-"""Beam options for the data stages: what the user passed, plus local parallelism by default."""
+"""Beam options for ExampleGen: what the user passed, plus cheap local defaults."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from collections.abc import Sequence
 # More threads than this buys little (the GIL is held between decodes) and each thread holds
 # one decoded image, up to max_image_pixels of 16-bit pixels.
 MAX_LOCAL_THREADS = 4
+
+# Beam's batch runner, which the DirectRunner hands a batch pipeline to in the end. Named
+# directly because the DirectRunner first tries the Prism runner, which it downloads from
+# GitHub: where that fails (no network) the attempt costs a translation of the pipeline and a
+# failed lookup, 0.4-0.5 s of every run (bench/README.md); where it succeeds, the run would
+# depend on a binary fetched at run time.
+LOCAL_RUNNER = "FnApiRunner"
 
 
 def _given(args: Sequence[str], flag: str) -> bool:
@@ -29,20 +36,20 @@ def local_workers() -> int:
     return max(1, min(cores, MAX_LOCAL_THREADS))
 
 
-def with_local_threads(args: Sequence[str]) -> list[str]:
-    """`args`, plus DirectRunner worker threads on every core when the run is local.
+def with_local_defaults(args: Sequence[str]) -> list[str]:
+    """`args`, plus Beam's in-memory batch runner when no runner is named, and no
+    construction-time type checks.
 
-    For stages whose per-element work releases the GIL (ExampleGen: PIL decoding, hashing), the
-    DirectRunner's `multi_threading` mode uses every core without multi_processing's pickling
-    and start-up (ExampleGen, 500 images of 1-3 MP, 2 cores: 10.4 s -> 7.3 s). Another runner,
-    or any `--direct_running_mode` / `--direct_num_workers` the user gave, is left untouched.
+    ExampleGen's DoFns run their file work on a thread pool of their own (stages/beam_threads.py),
+    so one in-memory worker uses every core; the DirectRunner's `multi_threading` mode costs
+    gRPC channels and bundle set-up per run on top. A runner the user names (DirectRunner
+    included) and any `--direct_...` option are passed on untouched.
     """
     args = list(args)
-    if _runner(args) not in ("", "DirectRunner", "direct"):
-        return args
-    if _given(args, "--direct_running_mode") or _given(args, "--direct_num_workers"):
-        return args
-    workers = local_workers()
-    if workers < 2:
-        return args
-    return [*args, "--direct_running_mode=multi_threading", f"--direct_num_workers={workers}"]
+    if not _runner(args):
+        args.append(f"--runner={LOCAL_RUNNER}")
+    if not _given(args, "--no_pipeline_type_check"):
+        # Construction-time checks of type hints, which ExampleGen's transforms do not carry:
+        # skipping them saves ~0.06 s of CPU a run (20% of Beam's cost for a small ingest).
+        args.append("--no_pipeline_type_check")
+    return args

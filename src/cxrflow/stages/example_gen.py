@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from cxrflow import features as fk
 from cxrflow import progress, tf_example
-from cxrflow.beam_options import with_local_threads
+from cxrflow.beam_options import with_local_defaults
 from cxrflow.config import PipelineConfig
 from cxrflow.images import ImageRejected, check_image, check_size
 from cxrflow.io_utils import join, makedirs, write_json_atomic
@@ -287,23 +287,37 @@ def _run_beam(
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from cxrflow.stages import shard_writer  # lazy: imports Beam and TF
+    from cxrflow.stages.beam_threads import ThreadedDoFn  # lazy: imports Beam
 
     max_pixels = config.max_image_pixels
-    with beam.Pipeline(options=PipelineOptions(with_local_threads(beam_args))) as p:
+    # Few transforms on purpose: Beam's cost to build and translate a pipeline grows with their
+    # number (DoFn signature inspection, options parsing), and on a cached re-ingest it is most
+    # of the run. Collections reach the one-element steps as side inputs, not through combiners.
+    with beam.Pipeline(options=PipelineOptions(with_local_defaults(beam_args))) as p:
         recs = p | "ListImages" >> beam.Create(records, reshuffle=True)
-        checks = (
-            recs
-            | "ReadAndCheck" >> beam.Map(check_record, max_pixels, config.ingest_cache)
-            | "CountChecks" >> beam.Map(progress.passthrough, "files checked")
-            | "CollectMetadata" >> beam.combiners.ToList()
-        )
-        if config.ingest_cache:
-            _ = checks | "RememberChecks" >> beam.Map(remember_checks, config.ingest_cache)
-        plan = checks | "PlanSplits" >> beam.Map(make_plan, exclusions, records, config, unreadable_cache_files)
+        check = functools.partial(_check_counted, max_pixels=max_pixels, cache_dir=config.ingest_cache)
+        checks = recs | "ReadAndCheck" >> beam.ParDo(ThreadedDoFn(check))
+        once = p | "Once" >> beam.Create([None])
+        plan = once | "PlanSplits" >> beam.Map(
+            _plan_step, beam.pvalue.AsList(checks), exclusions, records, config, unreadable_cache_files)
         emit = functools.partial(write_examples, max_pixels=max_pixels)
-        _ = (
-            recs
-            | "WriteExamples" >> beam.ParDo(shard_writer.WriteShards(tmp_dir, emit), beam.pvalue.AsSingleton(plan))
-            | "CollectShards" >> beam.combiners.ToList()
-            | "Finalize" >> beam.Map(finalize_output, tmp_dir, output_dir, beam.pvalue.AsSingleton(plan))
-        )
+        shards = recs | "WriteExamples" >> beam.ParDo(shard_writer.WriteShards(tmp_dir, emit),
+                                                      beam.pvalue.AsSingleton(plan))
+        _ = once | "Finalize" >> beam.Map(
+            _finalize_step, beam.pvalue.AsList(shards), tmp_dir, output_dir, beam.pvalue.AsSingleton(plan))
+
+
+def _check_counted(record: Record, max_pixels: int, cache_dir: str) -> dict:
+    check = check_record(record, max_pixels, cache_dir)
+    progress.add("files checked")
+    return check
+
+
+def _plan_step(_, checks: list[dict], exclusions, records, config: PipelineConfig, unreadable_cache_files) -> dict:
+    if config.ingest_cache:
+        remember_checks(checks, config.ingest_cache)
+    return make_plan(checks, exclusions, records, config, unreadable_cache_files)
+
+
+def _finalize_step(_, shards: list[tuple[str, str]], tmp_dir: str, output_dir: str, plan: dict) -> None:
+    finalize_output(shards, tmp_dir, output_dir, plan)

@@ -1,5 +1,5 @@
-"""ExampleGen's output: each bundle's (or in-process worker's) examples go to one TFRecord file
-per split, renamed into place once every bundle is done.
+"""ExampleGen's output: each bundle's examples go to one TFRecord file per split, renamed into
+place once every bundle is done.
 
 Beam's `WriteToTFRecord` does the same job, but one sink per split makes three composite
 transforms (each: temporary-file setup, per-bundle writers, grouping, finalisation), and building
@@ -14,17 +14,16 @@ Imports Beam and TF at the top: import this module lazily, from inside a pipelin
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-import apache_beam as beam
 import tensorflow as tf
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
 from cxrflow.io_utils import join
+from cxrflow.stages.beam_threads import ThreadedDoFn
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +49,33 @@ class ShardFiles:
         return sorted((split, path) for split, (path, _) in writers.items())
 
 
-class WriteShards(beam.DoFn):
-    """`emit(element, *side_inputs)` yields (split, serialized record); each bundle writes one
-    temporary file per split under `tmp_dir` and outputs (split, path) for each when it ends."""
+class WriteShards(ThreadedDoFn):
+    """`emit(element, *side_inputs)` yields (split, serialized record), on a thread pool (the
+    reads and example building; ThreadedDoFn); each bundle writes one temporary file per split
+    under `tmp_dir`, from the bundle's own thread, and outputs (split, path) for each when it ends."""
 
-    def __init__(self, tmp_dir: str, emit: Callable[..., Iterable[tuple[str, bytes]]]) -> None:
+    def __init__(
+        self, tmp_dir: str, emit: Callable[..., Iterable[tuple[str, bytes]]], threads: int | None = None
+    ) -> None:
+        super().__init__(functools.partial(_emit_all, emit), threads)
         self._tmp_dir = tmp_dir
-        self._emit = emit
         self._files: ShardFiles | None = None
 
     def start_bundle(self) -> None:
+        super().start_bundle()
         self._files = ShardFiles(self._tmp_dir)
 
-    def process(self, element, *side_inputs):
-        for split, record in self._emit(element, *side_inputs):
+    def consume(self, records: list[tuple[str, bytes]]) -> Iterator:
+        for split, record in records:  # written on the bundle's thread only: writers are not shared
             self._files.write(split, record)
+        return iter(())
 
-    def finish_bundle(self):
-        for shard in self._files.close():
-            yield WindowedValue(shard, GlobalWindow().max_timestamp(), [GlobalWindow()])
+    def bundle_done(self) -> Iterator:
+        return iter(self._files.close())
+
+
+def _emit_all(emit: Callable[..., Iterable[tuple[str, bytes]]], element, *side_inputs) -> list[tuple[str, bytes]]:
+    return list(emit(element, *side_inputs))
 
 
 def finalize(shards: Iterable[tuple[str, str]], tmp_dir: str, split_dirs: dict[str, str]) -> dict[str, int]:
