@@ -63,6 +63,7 @@ class SourceAdapter(ABC):
         self.root = root.rstrip("/")
         self.classes = classes
         self.options = dict(options or {})
+        self._real_dirs: dict[str, str] = {}  # folder -> os.path.realpath(folder), see _realpath
 
     @property
     def source_name(self) -> str:
@@ -83,11 +84,25 @@ class SourceAdapter(ABC):
         if joined != root and not joined.startswith(root + "/"):
             return None
         if "://" not in self.root:
-            real_root = os.path.realpath(root)
-            real = os.path.realpath(joined)
+            real_root = self._realpath(root)
+            real = self._realpath(joined)
             if real != real_root and not real.startswith(real_root + os.sep):
                 return None  # a symlink pointing outside the dataset
         return joined
+
+    def _realpath(self, path: str) -> str:
+        """os.path.realpath of a normalised local path, each folder resolved once per adapter.
+
+        realpath lstat()s every component of every path: 7,263 calls for the real set's 470
+        files, ~15% of a cached re-ingest (bench/README.md). A file that is not a symlink
+        resolves to its resolved folder plus its name, which is what realpath computes too.
+        """
+        if os.path.islink(path):
+            return os.path.realpath(path)
+        folder, name = os.path.split(path)
+        if folder not in self._real_dirs:
+            self._real_dirs[folder] = os.path.realpath(folder)
+        return os.path.join(self._real_dirs[folder], name)
 
     def relative(self, path: str) -> str:
         return posixpath.relpath(path, self.root)
