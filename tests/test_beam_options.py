@@ -45,3 +45,19 @@ def test_local_workers_one_per_core_capped(cores):
     assert beam_options.local_workers() == 3
     cores(64)
     assert beam_options.local_workers() == beam_options.MAX_LOCAL_THREADS
+
+
+@pytest.mark.parametrize(
+    ("args", "one"),
+    [
+        ([], True),
+        (["--runner=DirectRunner"], True),
+        (["--direct_running_mode=multi_threading", "--direct_num_workers=2"], False),
+        (["--direct_num_workers=0"], False),  # one per core
+        (["--runner=DataflowRunner", "--project=p"], False),
+    ],
+)
+def test_one_local_worker_only_for_the_single_in_memory_worker(args, one):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    assert beam_options.one_local_worker(PipelineOptions(with_local_defaults(args))) is one

@@ -53,3 +53,15 @@ def with_local_defaults(args: Sequence[str]) -> list[str]:
         # skipping them saves ~0.06 s of CPU a run (20% of Beam's cost for a small ingest).
         args.append("--no_pipeline_type_check")
     return args
+
+
+def one_local_worker(options) -> bool:
+    """Whether `options` (a PipelineOptions) run the pipeline on one local in-process worker,
+    where redistributing elements among workers would only cost time."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions  # lazy: imports Beam
+
+    runner = options.view_as(StandardOptions).runner or ""
+    direct = options.view_as(DirectOptions)
+    local = runner.rsplit(".", 1)[-1] in ("", "DirectRunner", "SwitchingDirectRunner", LOCAL_RUNNER, "direct")
+    workers = direct.direct_num_workers  # 0: one per core
+    return local and workers in (None, 1) and direct.direct_running_mode == "in_memory"

@@ -1,9 +1,9 @@
 """ExampleGen: source adapters -> checked, de-duplicated, patient-split tf.Example TFRecords.
 
-Two passes over the files, as one Beam pipeline (any runner; locally the DirectRunner on one
-thread per core). Pass one reads and checks every image and keeps only small
-metadata (hashes, labels, reasons); the split plan is computed from that metadata alone. Pass
-two streams the kept files into TFRecord shards (shard_writer.py). Pixels are never grouped or
+Two passes over the files, as one Beam pipeline (any runner; locally Beam's in-memory batch
+runner, with a thread per core inside the DoFns). Pass one reads and checks every image and
+keeps only small metadata (hashes, labels, reasons); the split plan is computed from that
+metadata alone. Pass two streams the kept files into TFRecord shards (shard_writer.py). Pixels are never grouped or
 held in memory, so memory stays flat as the dataset grows, on any runner.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from cxrflow import features as fk
 from cxrflow import progress, tf_example
-from cxrflow.beam_options import with_local_defaults
+from cxrflow.beam_options import one_local_worker, with_local_defaults
 from cxrflow.config import PipelineConfig
 from cxrflow.images import ImageRejected, check_image, check_size
 from cxrflow.io_utils import join, makedirs, write_json_atomic
@@ -245,10 +245,9 @@ def scan_sources(config: PipelineConfig) -> tuple[list[Record], list[Exclusion]]
 def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence[str] = ()) -> dict:
     """Runs ExampleGen; writes `Split-<split>/*.tfrecord` and `ingest_report.json`; returns the report.
 
-    Always a Beam pipeline, on the runner the Beam arguments name (locally the DirectRunner with
-    one thread per core). An in-process thread pool without Beam was measured and not kept: it
-    saved Beam's ~0.5-1 s fixed cost per run but made ExampleGen a second, home-made runner
-    (bench/README.md).
+    Always a Beam pipeline, on the runner the Beam arguments name (locally Beam's in-memory batch
+    runner; beam_options.py). An in-process thread pool without Beam was measured and not kept:
+    it made ExampleGen a second, home-made runner (bench/README.md).
     """
     records, exclusions = scan_sources(config)
     if not records:
@@ -293,11 +292,14 @@ def _run_beam(
     # Few transforms on purpose: Beam's cost to build and translate a pipeline grows with their
     # number (DoFn signature inspection, options parsing), and on a cached re-ingest it is most
     # of the run. Collections reach the one-element steps as side inputs, not through combiners.
-    with beam.Pipeline(options=PipelineOptions(with_local_defaults(beam_args))) as p:
-        recs = p | "ListImages" >> beam.Create(records, reshuffle=True)
+    options = PipelineOptions(with_local_defaults(beam_args))
+    with beam.Pipeline(options=options) as p:
+        recs = p | "Start" >> beam.Impulse() | "ListImages" >> beam.FlatMap(_listed, records)
+        if not one_local_worker(options):  # spread the files over the workers (a no-op for one)
+            recs = recs | "Spread" >> beam.Reshuffle()
         check = functools.partial(_check_counted, max_pixels=max_pixels, cache_dir=config.ingest_cache)
         checks = recs | "ReadAndCheck" >> beam.ParDo(ThreadedDoFn(check))
-        once = p | "Once" >> beam.Create([None])
+        once = p | "Once" >> beam.Impulse()  # one element: the steps that run once, after their side inputs
         plan = once | "PlanSplits" >> beam.Map(
             _plan_step, beam.pvalue.AsList(checks), exclusions, records, config, unreadable_cache_files)
         emit = functools.partial(write_examples, max_pixels=max_pixels)
@@ -305,6 +307,10 @@ def _run_beam(
                                                       beam.pvalue.AsSingleton(plan))
         _ = once | "Finalize" >> beam.Map(
             _finalize_step, beam.pvalue.AsList(shards), tmp_dir, output_dir, beam.pvalue.AsSingleton(plan))
+
+
+def _listed(_, records: list[Record]) -> list[Record]:
+    return records
 
 
 def _check_counted(record: Record, max_pixels: int, cache_dir: str) -> dict:
