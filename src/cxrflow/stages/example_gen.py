@@ -305,8 +305,8 @@ def _run_beam(
         emit = functools.partial(write_examples, max_pixels=max_pixels)
         shards = recs | "WriteExamples" >> beam.ParDo(shard_writer.WriteShards(tmp_dir, emit),
                                                       beam.pvalue.AsSingleton(plan))
-        _ = once | "Finalize" >> beam.Map(
-            _finalize_step, beam.pvalue.AsList(shards), tmp_dir, output_dir, beam.pvalue.AsSingleton(plan))
+        # The plan as the main input: each side input read costs Beam a deep-size walk of it.
+        _ = plan | "Finalize" >> beam.Map(_finalize_step, beam.pvalue.AsList(shards), tmp_dir, output_dir)
 
 
 def _listed(_, records: list[Record]) -> list[Record]:
@@ -325,5 +325,5 @@ def _plan_step(_, checks: list[dict], exclusions, records, config: PipelineConfi
     return make_plan(checks, exclusions, records, config, unreadable_cache_files)
 
 
-def _finalize_step(_, shards: list[tuple[str, str]], tmp_dir: str, output_dir: str, plan: dict) -> None:
+def _finalize_step(plan: dict, shards: list[tuple[str, str]], tmp_dir: str, output_dir: str) -> None:
     finalize_output(shards, tmp_dir, output_dir, plan)
