@@ -36,3 +36,11 @@ def test_tf_parses_it_in_graph():
     parsed = tf.io.parse_single_example(data, spec)
     assert parsed["image"].numpy() == b"\x89PNG..." and parsed["label"].numpy() == b"normal"
     assert int(parsed["trait_width"]) == 1024
+
+
+def test_varint_lengths_at_every_boundary_parse_back():
+    # Heads change length at 128 and 16,384 bytes: each side of both boundaries must parse.
+    for n in (0, 1, 127, 128, 129, 16_383, 16_384, 16_385):
+        value = bytes(range(256)) * (n // 256) + bytes(n % 256)
+        got = tf.train.Example.FromString(serialize({"k" * (n % 200 + 1): value}, {"w": n}))
+        assert got == _reference({"k" * (n % 200 + 1): value}, {"w": n})
