@@ -84,7 +84,9 @@ class SourceAdapter(ABC):
         if joined != root and not joined.startswith(root + "/"):
             return None
         if "://" not in self.root:
-            real_root = self._realpath(root)
+            if root not in self._real_dirs:
+                self._real_dirs[root] = os.path.realpath(root)
+            real_root = self._real_dirs[root]
             real = self._realpath(joined)
             if real != real_root and not real.startswith(real_root + os.sep):
                 return None  # a symlink pointing outside the dataset
