@@ -220,6 +220,7 @@ def run_seed(config, label: str, skip_baseline: bool, baseline_only: bool = Fals
     groups = _test_groups(examples)
     out = {"cxrflow": score(labels, probs, groups, list(config.classes)), "times": times,
            "epochs_run": summary["epochs_run"], "splits": report["splits"], "evaluator_error": evaluator_error,
+           "operating_point": summary.get("operating_point", {}),
            "resample": {k: resample.get(k) for k in ("counts_after", "mix_before", "mix_after", "unbalanced")}}
     if not skip_baseline:
         out["baseline"] = _baseline(examples, config, base_key, groups)

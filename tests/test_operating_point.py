@@ -83,15 +83,18 @@ def _serve(model_dir: str, pattern: str, classes) -> tuple[np.ndarray, np.ndarra
 
 
 def test_trainer_builds_the_operating_point_into_the_served_model(tiny_config, stage_dirs, transform_graph,
-                                                                  resampled, trained_model, tmp_path):
-    """Same seed and data as the `trained_model` fixture (deterministic training), plus an operating
-    point for the class with the lowest eval recall: the served model reaches the target on eval, and
-    its probabilities are the plain model's with that class's odds multiplied by exp(offset)."""
+                                                                  resampled, tmp_path):
+    """Two trainings with one seed (deterministic), plain argmax and with an operating point for
+    the class with the lowest eval recall: the served model reaches the target on eval, and its
+    probabilities are the plain model's with that class's odds multiplied by exp(offset)."""
     from cxrflow.stages.example_gen import split_pattern
     from cxrflow.stages.trainer import run_trainer
 
     eval_pattern = split_pattern(stage_dirs["examples"], "eval")
-    labels, plain = _serve(trained_model, eval_pattern, tiny_config.classes)
+    plain_dir = str(tmp_path / "plain")
+    run_trainer(tiny_config.replace(operating_point=()), stage_dirs["examples"], transform_graph,
+                stage_dirs["resample"], plain_dir, str(tmp_path / "plain_run"))
+    labels, plain = _serve(plain_dir, eval_pattern, tiny_config.classes)
     recalls = recall_score(labels, plain.argmax(1), labels=range(len(tiny_config.classes)), average=None,
                            zero_division=0)
     worst = int(np.argmin(recalls))

@@ -214,7 +214,7 @@ def test_stage_code_reads_only_its_stage_fields():
 
 
 def test_stage_json_holds_the_values_of_the_config():
-    config = _config(epochs=7, classes=("a", "b"), min_recall=())
+    config = _config(epochs=7, classes=("a", "b"), min_recall=(), operating_point=())
     trainer = json.loads(stage_json(config, "trainer"))
     assert trainer["epochs"] == 7 and trainer["classes"] == ["a", "b"]
     assert stage_config(stage_json(config, "trainer")).augmentation == config.augmentation

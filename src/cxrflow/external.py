@@ -128,7 +128,7 @@ def run_external_evaluation(
         raise ValueError(f"--label {label!r} is not one of the model's classes {list(classes)}")
     config = PipelineConfig(
         data=tuple(data), classes=classes, image_size=int(info["image_size"]), tta=int(info.get("tta", 1)),
-        folder_label=label, min_recall=(), **config_fields)
+        folder_label=label, min_recall=(), operating_point=(), **config_fields)
     examples = os.path.join(output_dir, EXAMPLES_DIR)
     if os.path.isdir(examples):
         shutil.rmtree(examples)  # a fresh ingest: the data may have changed since
