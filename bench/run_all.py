@@ -119,6 +119,8 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         print(f"== {group} (count={args.count}) ==", flush=True)
         out = _run_group(group, args)
+        # Loaded again just before saving: bench.quality may have written its entries meanwhile.
+        results = common.load_results()
         for name, entry in out.items():
             entry.update(count=args.count, measured_at=stamp, machine=machine, tree=tree)
             results[name] = entry
