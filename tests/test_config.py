@@ -5,7 +5,8 @@ from cxrflow.config import Augmentation, ConfigError, PipelineConfig, Resources
 
 def test_round_trips_through_json():
     config = PipelineConfig(
-        data=("folders:/x",), classes=("a", "b"), min_recall=(("a", 0.5),), augmentation=Augmentation(flip=True),
+        data=("folders:/x",), classes=("a", "b"), min_recall=(("a", 0.5),), operating_point=(("b", 0.9),),
+        augmentation=Augmentation(flip=True),
         trainer_resources=Resources("4", "16G", "NVIDIA_TESLA_T4", 1), beam_args=("--runner=DirectRunner",),
     )
     assert PipelineConfig.from_json(config.to_json()) == config
