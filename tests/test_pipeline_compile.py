@@ -99,7 +99,8 @@ def _defaults(spec: dict) -> dict:
 
 
 def test_each_task_receives_only_its_stage_fields(tmp_path):
-    spec = _compile(tmp_path, _config(classes=("normal", "pneumonia"), min_recall=(("pneumonia", 0.7),)))
+    spec = _compile(tmp_path, _config(classes=("normal", "pneumonia"), min_recall=(("pneumonia", 0.7),),
+                                         operating_point=(("pneumonia", 0.9),)))
     defaults = _defaults(spec)
     assert set(defaults) == {f"{stage}_config" for stage in STAGE_FIELDS}
     for stage in STAGE_FIELDS:
