@@ -20,6 +20,7 @@ CLASSES = ("covid", "bacterial", "normal")
 
 def scan(root: str, classes: tuple[str, ...] = CLASSES, **config) -> tuple[list[Record], list[Exclusion]]:
     config.setdefault("min_recall", ())  # the default gate names covid, which some tests drop
+    config.setdefault("operating_point", ())  # likewise the default operating point
     options = PipelineConfig(data=(f"ieee:{root}",), classes=classes, **config).source_options()
     items = list(IeeeSource(root, classes, options).scan())
     return [i for i in items if isinstance(i, Record)], [i for i in items if isinstance(i, Exclusion)]

@@ -17,6 +17,7 @@ CLASSES = ("covid", "bacterial", "normal")
 
 def scan(root: str, classes: tuple[str, ...] = CLASSES, **config) -> tuple[list[Record], list[Exclusion]]:
     config.setdefault("min_recall", ())
+    config.setdefault("operating_point", ())  # likewise the default operating point
     options = PipelineConfig(data=(f"nih:{root}",), classes=classes, **config).source_options()
     items = list(NihSource(root, classes, options).scan())
     return [i for i in items if isinstance(i, Record)], [i for i in items if isinstance(i, Exclusion)]
