@@ -32,14 +32,14 @@ def test_run_flags_reach_the_config(tmp_path):
 
 @pytest.mark.parametrize(("flags", "expected"), [
     (["--operating-point", "normal=0.9", "--operating-max-offset", "1.5"], ((("normal", 0.9),), 1.5)),
-    (["--operating-point", "none", "--early-stopping-metric", "val_loss"], ((), 2.0)),
+    (["--operating-point", "none", "--early-stopping-metric", "val_macro_recall"], ((), 2.0)),
     (["--operating-point", "covid=0.95", "--classes", "bacterial,normal"], ((), 2.0)),  # not a class: dropped
 ])
 def test_operating_point_flags_reach_the_config(tmp_path, flags, expected):
     args = cli.build_parser().parse_args(["run", "--data", "folders:x", "--output", str(tmp_path), *flags])
     config = cli_flags.config_from_args(args, str(tmp_path))
     assert (config.operating_point, config.operating_max_offset) == expected
-    assert config.early_stopping_metric == ("val_loss" if "--early-stopping-metric" in flags else "val_macro_recall")
+    assert config.early_stopping_metric == ("val_macro_recall" if "--early-stopping-metric" in flags else "val_loss")
 
 
 def test_compile_writes_the_yaml_with_the_image(tmp_path):

@@ -369,8 +369,8 @@ def test_trainer_entry_point_with_a_transfer_model(tiny_config, stage_dirs, exam
                           str(tmp_path / "run"))
 
     assert [h["phase"] for h in summary["history"]] == ["head", "finetune"]
-    assert summary["monitor"] == "val_macro_recall"  # the default
-    assert summary["best_score"] == pytest.approx(max(h["val_macro_recall"] for h in summary["history"]))
+    assert summary["monitor"] == "val_loss"  # the default
+    assert summary["best_score"] == pytest.approx(min(h["val_loss"] for h in summary["history"]))
 
     # What it was trained on, counted from the train records themselves.
     spec = fk.raw_feature_spec((fk.LABEL_KEY, fk.SOURCE_KEY))
