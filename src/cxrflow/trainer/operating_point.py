@@ -60,7 +60,8 @@ def choose(
     if n == 0:
         return {**result, "offset": 0.0, "capped": False, "note": f"no eval examples of {class_name}: not set"}
     must_call = max(1, math.ceil(target_recall * n - 1e-9))
-    wanted = max(0.0, float(need[must_call - 1]) + _MARGIN) if need[must_call - 1] > 0 else 0.0
+    needed = float(need[must_call - 1])  # the offset that calls the must_call easiest films
+    wanted = needed + _MARGIN if needed > 0 else 0.0
     offset = min(wanted, max_offset)
     return {
         **result,

@@ -9,8 +9,9 @@ from keras import ops
 class MacroRecall(keras.metrics.Metric):
     """Mean over classes of recall (argmax decisions), from sparse integer labels.
 
-    Keras ships per-class recall only for binary or one-hot targets. Classes absent from the
-    batches seen count as recall 0 would bias the mean, so they are left out of it. Per-class
+    Keras ships per-class recall only for binary or one-hot targets. A class absent from the
+    batches seen is left out of the mean (as sklearn does with the labels present): counting it
+    as recall 0 would bias the mean. Per-class
     recall does not change when every example of a class is weighted alike, so class weights
     (which Keras turns into sample weights) are ignored.
     """
