@@ -53,7 +53,8 @@ def _killed_run(tmp_path):
 
 def test_resume_restores_epoch_weights_best_score_and_patience(tmp_path):
     at_kill = _killed_run(tmp_path)
-    assert json.load(open(tmp_path / "b" / STATE / META)) == {"epoch": 3, "best": 0.5, "wait": 1, "stopped": False}
+    assert json.load(open(tmp_path / "b" / STATE / META)) == {"epoch": 3, "best": 0.5, "best_tie": float("inf"),
+                                                                 "wait": 1, "stopped": False}
     cb = ResumableTraining(str(tmp_path / "b"), str(tmp_path / "best.weights.h5"), patience=3)
     start = _RecordStart()
     history = _fit(_model(), [cb, start])
@@ -139,3 +140,67 @@ def test_a_maximised_monitor_keeps_the_highest_value_and_stops_after_patience(tm
                            callbacks=[_ValRecall([0.4, 0.7, 0.6, 0.65, 0.9, 0.95]), tracker])
     # best 0.7 at epoch 2; epochs 3 and 4 are not better: stopped after 4 epochs, 0.9 never seen
     assert len(history.history["loss"]) == 4 and tracker.best == -0.7 and tracker.wait == 2
+
+
+class _RecallAndLoss(keras.callbacks.Callback):
+    def __init__(self, recalls, losses):
+        super().__init__()
+        self.recalls, self.losses = recalls, losses
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_macro_recall"], logs["val_loss"] = self.recalls[epoch], self.losses[epoch]
+
+
+class _SaveWeightsPerEpoch(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([w.copy() for w in self.model.get_weights()])
+
+
+def _plateau_fit(tmp_path, name, tie_break):
+    """Recall reaches its plateau (0.6) at epoch 2; the loss falls until epoch 5, then rises."""
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    recalls = [0.4, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+    losses = [1.0, 0.9, 0.8, 0.7, 0.6, 0.65, 0.7, 0.75]
+    tracker = ResumableTraining(str(tmp_path / name), str(tmp_path / f"{name}.weights.h5"),
+                                monitor="val_macro_recall", patience=2, mode="max", tie_break=tie_break)
+    model, seen = _model(), _SaveWeightsPerEpoch()
+    history = model.fit(x, np.array([0, 1] * 4), epochs=8, verbose=0,
+                        callbacks=[_RecallAndLoss(recalls, losses), seen, tracker])
+    kept = _model()
+    kept.load_weights(str(tmp_path / f"{name}.weights.h5"))
+    return tracker, len(history.history["loss"]), seen.weights, kept.get_weights()
+
+
+def test_equal_recalls_go_to_the_lower_loss_and_reset_patience(tmp_path):
+    tracker, epochs, per_epoch, kept = _plateau_fit(tmp_path, "tie", "val_loss")
+    # epochs 3-5 tie on recall with a lower loss each: kept, patience reset; 6 and 7 are worse
+    assert epochs == 7 and tracker.best == -0.6 and tracker.best_tie == 0.6 and tracker.wait == 2
+    for a, b in zip(per_epoch[4], kept, strict=True):  # epoch 5 (index 4), the lowest loss
+        np.testing.assert_array_equal(a, b)
+    assert json.load(open(tmp_path / "tie" / STATE / META))["best_tie"] == 0.6
+
+
+def test_without_a_tie_break_the_first_epoch_of_a_plateau_is_kept(tmp_path):
+    tracker, epochs, per_epoch, kept = _plateau_fit(tmp_path, "plain", None)
+    assert epochs == 4 and tracker.best == -0.6 and tracker.wait == 2
+    for a, b in zip(per_epoch[1], kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_tie_break_score_survives_a_resume_and_a_phase_change(tmp_path):
+    x, y = np.random.default_rng(0).random((8, 4), dtype=np.float32), np.array([0, 1] * 4)
+    best_path = str(tmp_path / "best.weights.h5")
+    first = ResumableTraining(str(tmp_path / "a"), best_path, monitor="val_macro_recall", patience=5, mode="max",
+                              tie_break="val_loss")
+    _model().fit(x, y, epochs=2, verbose=0, callbacks=[_RecallAndLoss([0.5, 0.5], [0.9, 0.8]), first])
+    resumed = ResumableTraining(str(tmp_path / "a"), best_path, monitor="val_macro_recall", patience=5,
+                                mode="max", tie_break="val_loss")
+    _model().fit(x, y, epochs=3, verbose=0, callbacks=[_RecallAndLoss([0, 0, 0.5], [0, 0, 0.85]), resumed])
+    assert (resumed.best, resumed.best_tie, resumed.wait) == (-0.5, 0.8, 1)  # 0.85 does not beat 0.8
+    later = ResumableTraining(str(tmp_path / "b"), best_path, monitor="val_macro_recall", patience=5, mode="max",
+                              tie_break="val_loss", initial_best=resumed.best, initial_tie=resumed.best_tie)
+    _model().fit(x, y, epochs=1, verbose=0, callbacks=[_RecallAndLoss([0.5], [0.7]), later])
+    assert (later.best, later.best_tie, later.wait) == (-0.5, 0.7, 0)

@@ -131,7 +131,10 @@ def run_fn(fn_args: FnArgs) -> dict:
 
     best_path = os.path.join(fn_args.model_run_dir, "best.weights.h5")
     history: list[dict] = []
-    best = math.inf  # one best across phases: fine-tuning replaces the head's best only with a better one
+    # One best across phases: fine-tuning replaces the head's best only with a better one.
+    best, best_tie = math.inf, math.inf
+    # Macro recall moves in whole films on a small eval split; equal recalls go to the lower loss.
+    tie_break = "val_loss" if config.early_stopping_metric != "val_loss" else None
     for phase in _phases(config):
         set_backbone_trainable(model, phase["unfreeze"])
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -148,7 +151,7 @@ def run_fn(fn_args: FnArgs) -> dict:
         mode = "min" if config.early_stopping_metric == "val_loss" else "max"
         tracker = ResumableTraining(os.path.join(fn_args.model_run_dir, "backup", phase["name"]), best_path,
                                     monitor=config.early_stopping_metric, patience=config.early_stopping_patience,
-                                    initial_best=best, mode=mode)
+                                    initial_best=best, mode=mode, tie_break=tie_break, initial_tie=best_tie)
         callbacks = [
             # Resume backup, best checkpoint and early stopping, all written atomically: a
             # killed run resumes at its last finished epoch with its best score and patience.
@@ -167,7 +170,7 @@ def run_fn(fn_args: FnArgs) -> dict:
             {"phase": phase["name"], "epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
             for i in range(len(fit.history.get("loss", [])))
         ]
-        best = tracker.best
+        best, best_tie = tracker.best, tracker.best_tie
     if os.path.exists(best_path):
         model.load_weights(best_path)  # early stopping keeps the best epoch, not the last
     operating = set_operating_point(model, eval_ds, data.steps(fn_args.eval_count, config.batch_size), config)
@@ -190,6 +193,8 @@ def run_fn(fn_args: FnArgs) -> dict:
         "monitor": config.early_stopping_metric,
         # the best epoch's value of `monitor` (tracker.best is negated for a maximised metric)
         "best_score": (best if config.early_stopping_metric == "val_loss" else -best) if math.isfinite(best) else None,
+        "tie_break": tie_break,
+        "best_tie_break_score": best_tie if math.isfinite(best_tie) else None,
         "weight_decay": config.weight_decay,
         "deterministic": config.deterministic,
         "trained_on": fn_args.trained_on,

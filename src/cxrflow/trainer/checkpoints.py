@@ -40,10 +40,17 @@ class ResumableTraining(keras.callbacks.Callback):
 
     `mode` "max" keeps the highest value (a recall) instead of the lowest (a loss); `best` is
     then stored negated, so that one comparison and `initial_best=inf` serve both.
+
+    `tie_break` names a second value, always minimised (the eval loss), that decides between
+    epochs whose monitored value is equal. A recall on a small eval split moves in steps of one
+    film and often sits on a plateau while the loss still falls; without it the first epoch of a
+    plateau would be kept and patience would end training on it. An equal score with a lower
+    tie-break counts as an improvement (saved, patience reset); `best_tie` is its value.
     """
 
     def __init__(self, backup_dir: str, best_path: str, monitor: str = "val_loss", patience: int = 6,
-                 initial_best: float = math.inf, mode: str = "min") -> None:
+                 initial_best: float = math.inf, mode: str = "min", tie_break: str | None = None,
+                 initial_tie: float = math.inf) -> None:
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be min or max, got {mode!r}")
@@ -53,6 +60,8 @@ class ResumableTraining(keras.callbacks.Callback):
         self.sign = 1.0 if mode == "min" else -1.0
         self.patience = patience
         self.best = float(initial_best)
+        self.tie_break = tie_break
+        self.best_tie = float(initial_tie)
         self.wait = 0
         self.resumed_from_epoch = 0
 
@@ -74,16 +83,24 @@ class ResumableTraining(keras.callbacks.Callback):
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(os.path.join(state, WEIGHTS))
         self.best, self.wait = meta["best"], meta["wait"]
+        self.best_tie = meta.get("best_tie", math.inf)  # absent from backups written before tie-breaks
         self.resumed_from_epoch = meta["epoch"]
         # What Keras' own BackupAndRestore sets too; a run that had already stopped early (or
         # finished) skips the epoch loop entirely.
         done = meta.get("stopped") or meta["epoch"] >= self.params.get("epochs", math.inf)
         self.model._initial_epoch = self.params["epochs"] if done else meta["epoch"]
 
+    def _improves(self, score: float, tie: float) -> bool:
+        if math.isclose(score, self.best, rel_tol=0.0, abs_tol=1e-7):  # float32 metrics of equal counts
+            return tie < self.best_tie
+        return score < self.best
+
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        value = (logs or {}).get(self.monitor)
-        if value is not None and self.sign * value < self.best:
-            self.best, self.wait = self.sign * float(value), 0
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        tie = float(logs.get(self.tie_break, math.inf)) if self.tie_break else math.inf
+        if value is not None and self._improves(self.sign * float(value), tie):
+            self.best, self.best_tie, self.wait = self.sign * float(value), tie, 0
             _replace_file(lambda p: self.model.save_weights(p), self.best_path)
         else:
             self.wait += 1
@@ -99,7 +116,8 @@ class ResumableTraining(keras.callbacks.Callback):
         os.makedirs(tmp)
         self.model.save_weights(os.path.join(tmp, WEIGHTS))
         with open(os.path.join(tmp, META), "w") as f:
-            json.dump({"epoch": epoch, "best": self.best, "wait": self.wait, "stopped": stopped}, f)
+            json.dump({"epoch": epoch, "best": self.best, "best_tie": self.best_tie, "wait": self.wait,
+                       "stopped": stopped}, f)
         current, old = os.path.join(self.backup_dir, STATE), os.path.join(self.backup_dir, STATE + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if os.path.exists(current):
