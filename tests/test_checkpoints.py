@@ -54,7 +54,8 @@ def _killed_run(tmp_path):
 def test_resume_restores_epoch_weights_best_score_and_patience(tmp_path):
     at_kill = _killed_run(tmp_path)
     assert json.load(open(tmp_path / "b" / STATE / META)) == {"epoch": 3, "best": 0.5, "best_tie": float("inf"),
-                                                                 "wait": 1, "stopped": False}
+                                                                 "lowest_tie": float("inf"), "wait": 1,
+                                                                 "stopped": False}
     cb = ResumableTraining(str(tmp_path / "b"), str(tmp_path / "best.weights.h5"), patience=3)
     start = _RecordStart()
     history = _fit(_model(), [cb, start])
@@ -159,15 +160,15 @@ class _SaveWeightsPerEpoch(keras.callbacks.Callback):
         self.weights.append([w.copy() for w in self.model.get_weights()])
 
 
-def _plateau_fit(tmp_path, name, tie_break):
-    """Recall reaches its plateau (0.6) at epoch 2; the loss falls until epoch 5, then rises."""
+def _plateau_fit(tmp_path, name, tie_break, recalls=None, losses=None):
+    """By default recall reaches its plateau (0.6) at epoch 2; the loss falls until epoch 5, then rises."""
     x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
-    recalls = [0.4, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
-    losses = [1.0, 0.9, 0.8, 0.7, 0.6, 0.65, 0.7, 0.75]
+    recalls = recalls or [0.4, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+    losses = losses or [1.0, 0.9, 0.8, 0.7, 0.6, 0.65, 0.7, 0.75]
     tracker = ResumableTraining(str(tmp_path / name), str(tmp_path / f"{name}.weights.h5"),
                                 monitor="val_macro_recall", patience=2, mode="max", tie_break=tie_break)
     model, seen = _model(), _SaveWeightsPerEpoch()
-    history = model.fit(x, np.array([0, 1] * 4), epochs=8, verbose=0,
+    history = model.fit(x, np.array([0, 1] * 4), epochs=len(recalls), verbose=0,
                         callbacks=[_RecallAndLoss(recalls, losses), seen, tracker])
     kept = _model()
     kept.load_weights(str(tmp_path / f"{name}.weights.h5"))
@@ -204,3 +205,17 @@ def test_the_tie_break_score_survives_a_resume_and_a_phase_change(tmp_path):
                               tie_break="val_loss", initial_best=resumed.best, initial_tie=resumed.best_tie)
     _model().fit(x, y, epochs=1, verbose=0, callbacks=[_RecallAndLoss([0.5], [0.7]), later])
     assert (later.best, later.best_tie, later.wait) == (-0.5, 0.7, 0)
+
+
+def test_a_falling_loss_keeps_training_past_an_early_recall_peak(tmp_path):
+    """The demo's shape: recall peaks early by chance and dips while the loss still falls."""
+    recalls = [0.4, 0.7, 0.6, 0.6, 0.65, 0.8, 0.7, 0.7, 0.9, 0.9]
+    losses = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.55, 0.6, 0.65, 0.7]
+    tracker, epochs, per_epoch, kept = _plateau_fit(tmp_path, "dip", "val_loss", recalls, losses)
+    # epochs 3-5 are worse than 0.7 on recall but set new loss lows: patience restarts; epoch 6
+    # is the best (0.8); epochs 7 and 8 improve neither: stopped after 8, the late 0.9 never seen
+    assert epochs == 8 and tracker.best == -0.8 and tracker.best_tie == 0.5 and tracker.lowest_tie == 0.5
+    for a, b in zip(per_epoch[5], kept, strict=True):
+        np.testing.assert_array_equal(a, b)
+    _, plain_epochs, _, _ = _plateau_fit(tmp_path, "dip_plain", None, recalls, losses)
+    assert plain_epochs == 4  # recall alone: patience 2 runs out on the early peak
