@@ -54,7 +54,7 @@ def _killed_run(tmp_path):
 def test_resume_restores_epoch_weights_best_score_and_patience(tmp_path):
     at_kill = _killed_run(tmp_path)
     assert json.load(open(tmp_path / "b" / STATE / META)) == {"epoch": 3, "best": 0.5, "best_tie": float("inf"),
-                                                                 "lowest_tie": float("inf"), "wait": 1,
+                                                                 "lowest_tie": float("inf"), "best_epoch": 2, "wait": 1,
                                                                  "stopped": False}
     cb = ResumableTraining(str(tmp_path / "b"), str(tmp_path / "best.weights.h5"), patience=3)
     start = _RecordStart()
@@ -215,6 +215,7 @@ def test_a_falling_loss_keeps_training_past_an_early_recall_peak(tmp_path):
     # epochs 3-5 are worse than 0.7 on recall but set new loss lows: patience restarts; epoch 6
     # is the best (0.8); epochs 7 and 8 improve neither: stopped after 8, the late 0.9 never seen
     assert epochs == 8 and tracker.best == -0.8 and tracker.best_tie == 0.5 and tracker.lowest_tie == 0.5
+    assert tracker.best_epoch == 6
     for a, b in zip(per_epoch[5], kept, strict=True):
         np.testing.assert_array_equal(a, b)
     _, plain_epochs, _, _ = _plateau_fit(tmp_path, "dip_plain", None, recalls, losses)

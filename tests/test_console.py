@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from cxrflow import console, progress
+from cxrflow import console, progress, stage_summary
 from cxrflow.stage_summary import failure_reason, warnings_block
 
 STAGES = ("ExampleGen", "Transform", "Resample", "Trainer", "Evaluator", "Pusher")
@@ -336,3 +336,16 @@ def test_in_a_terminal_bars_are_drawn_and_a_failed_transform_is_named_with_its_l
     assert "Traceback" not in text
     assert "Traceback" in log.read_text()  # the whole story is kept in the stage's log
     assert not (out / console.LOGS_DIR / "trainer.log").exists()  # nothing ran after it
+
+
+def test_the_trainer_line_names_the_exported_epoch_when_macro_recall_picks_it(tmp_path):
+    """Epoch 3 has the lowest loss, but macro recall kept epoch 2 (head phase): the line must say 2."""
+    history = [
+        {"phase": "head", "epoch": 1, "val_loss": 0.9, "val_accuracy": 0.5, "val_macro_recall": 0.4},
+        {"phase": "head", "epoch": 2, "val_loss": 0.6, "val_accuracy": 0.8, "val_macro_recall": 0.9},
+        {"phase": "head", "epoch": 3, "val_loss": 0.5, "val_accuracy": 0.7, "val_macro_recall": 0.6},
+    ]
+    write_json(str(tmp_path / "model_run" / "training_summary.json"),
+               {"monitor": "val_macro_recall", "best_epoch": {"phase": "head", "epoch": 2}, "history": history})
+    assert stage_summary._trainer_figure(str(tmp_path)) == (
+        "best epoch 2 of 3 (val_loss 0.600, val_acc 0.800, val_macro_recall 0.900)")

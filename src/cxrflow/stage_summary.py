@@ -68,9 +68,17 @@ def _trainer_figure(task_dir: str) -> str:
     history = [h for h in (summary or {}).get("history", []) if "val_loss" in h]
     if not history:
         return ""
-    best = min(range(len(history)), key=lambda i: history[i]["val_loss"])
-    score = f", val_acc {history[best]['val_accuracy']:.3f}" if "val_accuracy" in history[best] else ""
-    return f"best epoch {best + 1} of {len(history)} (val_loss {history[best]['val_loss']:.3f}{score})"
+    kept = summary.get("best_epoch")
+    exported = [i for i, h in enumerate(history)
+                if kept and (h.get("phase"), h.get("epoch")) == (kept["phase"], kept["epoch"])]
+    # Summaries written before `best_epoch` was recorded picked by the eval loss.
+    best = exported[0] if exported else min(range(len(history)), key=lambda i: history[i]["val_loss"])
+    scores = [f"val_loss {history[best]['val_loss']:.3f}"]
+    if "val_accuracy" in history[best]:
+        scores.append(f"val_acc {history[best]['val_accuracy']:.3f}")
+    if summary.get("monitor", "val_loss") != "val_loss" and summary["monitor"] in history[best]:
+        scores.append(f"{summary['monitor']} {history[best][summary['monitor']]:.3f}")
+    return f"best epoch {best + 1} of {len(history)} ({', '.join(scores)})"
 
 
 def _evaluator_figure(task_dir: str) -> str:

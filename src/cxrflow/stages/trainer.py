@@ -132,7 +132,7 @@ def run_fn(fn_args: FnArgs) -> dict:
     best_path = os.path.join(fn_args.model_run_dir, "best.weights.h5")
     history: list[dict] = []
     # One best across phases: fine-tuning replaces the head's best only with a better one.
-    best, best_tie = math.inf, math.inf
+    best, best_tie, best_epoch = math.inf, math.inf, None
     # Macro recall moves in whole films on a small eval split; equal recalls go to the lower loss.
     tie_break = "val_loss" if config.early_stopping_metric != "val_loss" else None
     for phase in _phases(config):
@@ -171,6 +171,8 @@ def run_fn(fn_args: FnArgs) -> dict:
             for i in range(len(fit.history.get("loss", [])))
         ]
         best, best_tie = tracker.best, tracker.best_tie
+        if tracker.best_epoch is not None:  # this phase beat the earlier phases' best
+            best_epoch = {"phase": phase["name"], "epoch": tracker.best_epoch}
     if os.path.exists(best_path):
         model.load_weights(best_path)  # early stopping keeps the best epoch, not the last
     operating = set_operating_point(model, eval_ds, data.steps(fn_args.eval_count, config.batch_size), config)
@@ -193,6 +195,7 @@ def run_fn(fn_args: FnArgs) -> dict:
         "monitor": config.early_stopping_metric,
         # the best epoch's value of `monitor` (tracker.best is negated for a maximised metric)
         "best_score": (best if config.early_stopping_metric == "val_loss" else -best) if math.isfinite(best) else None,
+        "best_epoch": best_epoch,  # the epoch whose weights were exported
         "tie_break": tie_break,
         "best_tie_break_score": best_tie if math.isfinite(best_tie) else None,
         "weight_decay": config.weight_decay,

@@ -68,6 +68,7 @@ class ResumableTraining(keras.callbacks.Callback):
         self.tie_break = tie_break
         self.best_tie = float(initial_tie)
         self.lowest_tie = float(initial_tie)
+        self.best_epoch: int | None = None  # 1-based, in this phase; None while an earlier phase's best stands
         self.wait = 0
         self.resumed_from_epoch = 0
 
@@ -91,6 +92,7 @@ class ResumableTraining(keras.callbacks.Callback):
         self.best, self.wait = meta["best"], meta["wait"]
         # absent from backups written before tie-breaks
         self.best_tie, self.lowest_tie = meta.get("best_tie", math.inf), meta.get("lowest_tie", math.inf)
+        self.best_epoch = meta.get("best_epoch")
         self.resumed_from_epoch = meta["epoch"]
         # What Keras' own BackupAndRestore sets too; a run that had already stopped early (or
         # finished) skips the epoch loop entirely.
@@ -107,7 +109,7 @@ class ResumableTraining(keras.callbacks.Callback):
         value = logs.get(self.monitor)
         tie = float(logs.get(self.tie_break, math.inf)) if self.tie_break else math.inf
         if value is not None and self._improves(self.sign * float(value), tie):
-            self.best, self.best_tie, self.wait = self.sign * float(value), tie, 0
+            self.best, self.best_tie, self.wait, self.best_epoch = self.sign * float(value), tie, 0, epoch + 1
             _replace_file(lambda p: self.model.save_weights(p), self.best_path)
         elif tie < self.lowest_tie:  # not a better epoch, but the loss is still falling
             self.wait = 0
@@ -127,7 +129,7 @@ class ResumableTraining(keras.callbacks.Callback):
         self.model.save_weights(os.path.join(tmp, WEIGHTS))
         with open(os.path.join(tmp, META), "w") as f:
             json.dump({"epoch": epoch, "best": self.best, "best_tie": self.best_tie,
-                       "lowest_tie": self.lowest_tie, "wait": self.wait,
+                       "lowest_tie": self.lowest_tie, "best_epoch": self.best_epoch, "wait": self.wait,
                        "stopped": stopped}, f)
         current, old = os.path.join(self.backup_dir, STATE), os.path.join(self.backup_dir, STATE + ".old")
         shutil.rmtree(old, ignore_errors=True)
