@@ -24,7 +24,7 @@ from cxrflow import progress, tf_example
 from cxrflow.beam_options import one_local_worker, with_local_defaults
 from cxrflow.config import PipelineConfig
 from cxrflow.images import ImageRejected, check_image, check_size
-from cxrflow.io_utils import join, makedirs, read_text, write_json_atomic
+from cxrflow.io_utils import join, makedirs, read_text, write_json_atomic, write_text_atomic
 from cxrflow.sources import Exclusion, Record, adapter_for
 from cxrflow.stages import check_cache
 from cxrflow.stages.confounding import age_group, confounding_report, file_traits
@@ -62,22 +62,11 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _write(path: str, data: bytes) -> None:
-    if "://" in path:
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(data)
-        return
-    with open(path, "wb") as f:
-        f.write(data)
-
-
 def write_listing(path: str, records: Sequence[Record], exclusions: Sequence[Exclusion]) -> None:
     """Writes what the sources listed to `path`, for `read_listing` (plain JSON rows)."""
     rows = {"records": [[getattr(r, f) for f in _RECORD_FIELDS] for r in records],
             "exclusions": [[getattr(e, f) for f in _EXCLUSION_FIELDS] for e in exclusions]}
-    _write(path, json.dumps(rows, separators=(",", ":")).encode())
+    write_text_atomic(path, json.dumps(rows, separators=(",", ":")))
 
 
 def read_listing(path: str) -> tuple[list[Record], list[Exclusion]]:
