@@ -371,6 +371,8 @@ def test_trainer_entry_point_with_a_transfer_model(tiny_config, stage_dirs, exam
     assert [h["phase"] for h in summary["history"]] == ["head", "finetune"]
     assert summary["monitor"] == "val_loss"  # the default
     assert summary["best_score"] == pytest.approx(min(h["val_loss"] for h in summary["history"]))
+    lowest = min(summary["history"], key=lambda h: h["val_loss"])
+    assert summary["best_epoch"] == {"phase": lowest["phase"], "epoch": lowest["epoch"]}
 
     # What it was trained on, counted from the train records themselves.
     spec = fk.raw_feature_spec((fk.LABEL_KEY, fk.SOURCE_KEY))
