@@ -7,7 +7,7 @@ import shutil
 import keras
 import numpy as np
 
-from cxrflow.trainer.checkpoints import META, STATE, ResumableTraining
+from cxrflow.trainer.checkpoints import META, STATE, WEIGHTS, AveragedEvaluation, ResumableTraining
 
 LOSSES = [1.0, 0.5, 0.7, 0.8, 0.9, 0.95]
 
@@ -220,3 +220,64 @@ def test_a_falling_loss_keeps_training_past_an_early_recall_peak(tmp_path):
         np.testing.assert_array_equal(a, b)
     _, plain_epochs, _, _ = _plateau_fit(tmp_path, "dip_plain", None, recalls, losses)
     assert plain_epochs == 4  # recall alone: patience 2 runs out on the early peak
+
+
+def _ema_data():
+    rng = np.random.default_rng(3)
+    x, x_eval = rng.normal(size=(64, 4)).astype("float32"), rng.normal(size=(32, 4)).astype("float32")
+    return x, (x[:, 0] > 0).astype("int64"), x_eval, (x_eval[:, 0] + 0.5 * x_eval[:, 1] > 0).astype("int64")
+
+
+def _ema_model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+        2, activation="softmax", kernel_initializer=keras.initializers.GlorotUniform(seed=1))])
+    model.compile(optimizer=keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.8),
+                  loss="sparse_categorical_crossentropy")
+    return model
+
+
+def _ema_fit(tmp_path, model, epochs=5, extra=()):
+    x, y, x_eval, y_eval = _ema_data()
+    tracker = ResumableTraining(str(tmp_path / "b"), str(tmp_path / "best.weights.h5"), patience=99)
+    fit = model.fit(x, y, batch_size=8, epochs=epochs, validation_data=(x_eval, y_eval), shuffle=False, verbose=0,
+                    callbacks=[AveragedEvaluation(), tracker, *extra])
+    return fit.history.get("val_loss", [])
+
+
+def _eval_loss(tmp_path, weights_file):
+    _, _, x_eval, y_eval = _ema_data()
+    model = _ema_model()
+    model.optimizer.build(model.trainable_variables)  # the state file holds the optimizer's variables too
+    model.load_weights(str(tmp_path / weights_file))
+    return model.evaluate(x_eval, y_eval, verbose=0)
+
+
+def test_with_ema_the_eval_split_scores_and_the_best_file_holds_the_averaged_weights(tmp_path):
+    """Keras' EMA alone swaps the average in only when fit ends: the logged eval loss (and the
+    best epoch) would describe raw weights, and the best file would hold raw weights."""
+    model = _ema_model()
+    val_losses = _ema_fit(tmp_path, model)
+    _, _, x_eval, y_eval = _ema_data()
+    # fit ends by putting the average into the model: its loss is the last logged one
+    np.testing.assert_allclose(model.evaluate(x_eval, y_eval, verbose=0), val_losses[-1], rtol=1e-5)
+    # the best file holds the weights whose logged eval loss was lowest
+    np.testing.assert_allclose(_eval_loss(tmp_path, "best.weights.h5"), min(val_losses), rtol=1e-5)
+    # the resume state keeps the raw weights, which differ from the average
+    raw = _eval_loss(tmp_path, f"b/{STATE}/{WEIGHTS}")
+    assert abs(raw - val_losses[-1]) > 1e-3
+
+
+def test_with_ema_a_resumed_run_continues_the_same_average(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    _ema_fit(whole, _ema_model(), epochs=4)
+    try:
+        _ema_fit(killed, _ema_model(), epochs=4, extra=[_Kill()])
+    except KeyboardInterrupt:
+        pass
+    _ema_fit(killed, _ema_model(), epochs=4)  # resumes after epoch 3 (the kill came at its end)
+    whole_best, killed_best = _ema_model(), _ema_model()
+    whole_best.load_weights(str(whole / "best.weights.h5"))
+    killed_best.load_weights(str(killed / "best.weights.h5"))
+    for a, b in zip(whole_best.get_weights(), killed_best.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

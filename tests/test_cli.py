@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from cxrflow import cli, cli_flags, deploy
+from cxrflow.config import ConfigError
 
 
 def test_run_flags_reach_the_config(tmp_path):
@@ -40,6 +41,15 @@ def test_operating_point_flags_reach_the_config(tmp_path, flags, expected):
     config = cli_flags.config_from_args(args, str(tmp_path))
     assert (config.operating_point, config.operating_max_offset) == expected
     assert config.early_stopping_metric == ("val_macro_recall" if "--early-stopping-metric" in flags else "val_loss")
+
+
+def test_ema_momentum_flag_reaches_the_config_and_is_checked(tmp_path):
+    parse = cli.build_parser().parse_args
+    base = ["run", "--data", "folders:x", "--output", str(tmp_path)]
+    assert cli_flags.config_from_args(parse(base), str(tmp_path)).ema_momentum == 0.0  # off by default
+    assert cli_flags.config_from_args(parse([*base, "--ema-momentum", "0.98"]), str(tmp_path)).ema_momentum == 0.98
+    with pytest.raises(ConfigError, match="ema_momentum"):
+        cli_flags.config_from_args(parse([*base, "--ema-momentum", "1"]), str(tmp_path))
 
 
 def test_compile_writes_the_yaml_with_the_image(tmp_path):

@@ -238,6 +238,21 @@ def test_weight_decay_is_a_knob_that_really_decays():
         np.testing.assert_array_equal(bias.numpy(), 1.0)  # biases are not decayed
 
 
+def test_ema_momentum_gives_an_averaging_optimizer_and_is_off_by_default():
+    from cxrflow.stages.trainer import optimizer_for
+
+    assert not optimizer_for(PipelineConfig(), 1e-3).use_ema
+    optimizer = optimizer_for(PipelineConfig(ema_momentum=0.98), 1e-3)
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.98
+    kernel = keras.Variable(np.zeros((2,), np.float32), name="kernel")
+    optimizer.build([kernel])
+    for _ in range(2):  # constant gradient: Adam's steps are ~-lr each; the average trails them
+        optimizer.apply([np.ones((2,), np.float32)], [kernel])
+    optimizer.finalize_variable_values([kernel])
+    # average after step 1 = w1 (Keras starts it at the first value); after step 2 = 0.98 w1 + 0.02 w2
+    np.testing.assert_allclose(kernel.numpy(), 0.98 * -1e-3 + 0.02 * -2e-3, rtol=2e-2)
+
+
 def test_zscore_with_a_transfer_model_is_refused():
     """Transfer models map [0,1] to their backbone's range; zscore input would be scaled twice."""
     from cxrflow.config import ConfigError

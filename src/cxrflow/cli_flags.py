@@ -66,6 +66,8 @@ def add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--early-stopping-metric", choices=EARLY_STOPPING_METRICS,
                    default=PipelineConfig.early_stopping_metric,
                    help="what picks the best epoch and stops training: eval loss, or eval macro recall")
+    p.add_argument("--ema-momentum", type=float, default=PipelineConfig.ema_momentum,
+                   help="score and export an exponential moving average of the weights (e.g. 0.99); 0 = off")
     p.add_argument("--resample", choices=RESAMPLE_MODES, default="none")
     p.add_argument("--no-class-weights", action="store_true", help="train without inverse-frequency weights")
     p.add_argument("--balance-by", choices=("age_group", "source"), default="",
@@ -156,6 +158,7 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
         resize_mode=args.resize_mode, weight_decay=args.weight_decay,
         early_stopping_metric=args.early_stopping_metric, deterministic=args.deterministic,
+        ema_momentum=args.ema_momentum,
         balance_by=args.balance_by,
         augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,
         model_name=args.model_name, keep_versions=args.keep, vertex_model=args.vertex_model,

@@ -98,6 +98,12 @@ class PipelineConfig:
     # `make quality` and won the third, but lowered AUC on all three, so the loss stays the
     # default (bench/README.md, 2026-12-03).
     early_stopping_metric: str = "val_loss"
+    # Momentum of an exponential moving average of the weights (Keras' optimizer EMA): each
+    # epoch is scored on the eval split, and the best one exported, with the averaged weights
+    # (trainer/checkpoints.py). 0 = off: score and export the raw weights. Off by default:
+    # 0.98 raised macro recall on 2 seeds of `make quality` and lowered it on the third
+    # (bench/README.md, 2026-12-03, arm E).
+    ema_momentum: float = 0.0
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 42
     # Same seed, same weights on CPU: TF op determinism in the Trainer and a content-defined
@@ -166,6 +172,8 @@ class PipelineConfig:
             raise ConfigError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
+        if not 0 <= self.ema_momentum < 1:
+            raise ConfigError(f"ema_momentum must be 0 (off) or lie below 1, got {self.ema_momentum}")
         if not 16 <= self.image_size <= 2048:
             raise ConfigError(f"image_size must be between 16 and 2048, got {self.image_size}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -270,7 +278,8 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
                  "work_dir"),
     "trainer": ("classes", "views", "image_size", "normalization", "resize_mode", "resample", "class_weights",
                 "model", "weights", "epochs", "batch_size", "learning_rate", "weight_decay",
-                "early_stopping_patience", "early_stopping_metric", "augmentation", "seed", "deterministic",
+                "early_stopping_patience", "early_stopping_metric", "ema_momentum", "augmentation", "seed",
+                "deterministic",
                 "operating_point", "operating_max_offset", "tta", "beam_args", "work_dir"),
     "served_model": ("serving_dir", "model_name"),
     "evaluator": ("classes", "image_size", "batch_size", "tta", "seed", "beam_args", "min_recall",

@@ -83,10 +83,12 @@ def _phases(config: PipelineConfig) -> list[dict]:
 def optimizer_for(config: PipelineConfig, learning_rate):
     """AdamW with the config's decoupled weight decay, which Keras scales by the learning rate
     (each step shrinks a weight by learning_rate * weight_decay). Biases and normalisation
-    scales are not decayed: shrinking them only shifts or rescales activations."""
+    scales are not decayed: shrinking them only shifts or rescales activations. With
+    `ema_momentum` the optimizer also keeps a moving average of the weights (Keras' EMA)."""
     import keras
 
-    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
+    ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum > 0 else {}
+    optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **ema)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 
@@ -97,7 +99,7 @@ def run_fn(fn_args: FnArgs) -> dict:
     import tensorflow_transform as tft
 
     from cxrflow.trainer import data
-    from cxrflow.trainer.checkpoints import ResumableTraining
+    from cxrflow.trainer.checkpoints import AveragedEvaluation, ResumableTraining
     from cxrflow.trainer.export import export_serving_model
     from cxrflow.trainer.models import build_model, set_backbone_trainable
     from cxrflow.trainer.training_metrics import MacroRecall
@@ -153,6 +155,7 @@ def run_fn(fn_args: FnArgs) -> dict:
                                     monitor=config.early_stopping_metric, patience=config.early_stopping_patience,
                                     initial_best=best, mode=mode, tie_break=tie_break, initial_tie=best_tie)
         callbacks = [
+            AveragedEvaluation(),  # eval scores the averaged weights when ema_momentum is set; else a no-op
             # Resume backup, best checkpoint and early stopping, all written atomically: a
             # killed run resumes at its last finished epoch with its best score and patience.
             tracker,
@@ -199,6 +202,7 @@ def run_fn(fn_args: FnArgs) -> dict:
         "tie_break": tie_break,
         "best_tie_break_score": best_tie if math.isfinite(best_tie) else None,
         "weight_decay": config.weight_decay,
+        "ema_momentum": config.ema_momentum,
         "deterministic": config.deterministic,
         "trained_on": fn_args.trained_on,
         "operating_point": operating,

@@ -10,6 +10,7 @@ travel in that state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -28,11 +29,48 @@ def _replace_file(write, path: str) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model):
+    """Puts the optimizer's moving average of the weights (Keras' `use_ema`) into the model for
+    the duration and the raw weights back afterwards, since training goes on from those. Does
+    nothing when the optimizer keeps no average or has not taken a step yet."""
+    optimizer = model.optimizer
+    if optimizer is None or not getattr(optimizer, "use_ema", False) or not optimizer.built:
+        yield
+        return
+    raw = [variable.numpy() for variable in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)  # Keras' public "EMA into the model"
+    try:
+        yield
+    finally:
+        for variable, value in zip(model.trainable_variables, raw):
+            variable.assign(value)
+
+
+class AveragedEvaluation(keras.callbacks.Callback):
+    """Scores the eval split with the averaged weights: Keras' EMA alone only swaps them in once
+    training ends, so every epoch's eval loss (and the best epoch chosen from it) would describe
+    raw weights that are never exported. ResumableTraining saves the best epoch averaged too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._swap = contextlib.ExitStack()
+
+    def on_test_begin(self, logs=None) -> None:
+        self._swap.enter_context(averaged_weights(self.model))
+
+    def on_test_end(self, logs=None) -> None:
+        self._swap.close()
+
+
 class ResumableTraining(keras.callbacks.Callback):
     """Restores the last finished epoch at train start; keeps the best weights; stops early.
 
     `backup_dir` holds `state/` (latest weights with optimizer state, and meta.json with the
-    epoch, best score and patience counter); `best_path` the best weights so far.
+    epoch, best score and patience counter); `best_path` the best weights so far. With an
+    optimizer that averages the weights (EMA), the best weights saved are the averaged ones,
+    which AveragedEvaluation scored; the resume state keeps the raw weights and, in the
+    optimizer's state, the average.
 
     `initial_best` is the score of the weights already in `best_path`: a later training phase
     (fine-tuning after the frozen-backbone phase) passes the earlier phase's best, so it replaces
@@ -110,7 +148,8 @@ class ResumableTraining(keras.callbacks.Callback):
         tie = float(logs.get(self.tie_break, math.inf)) if self.tie_break else math.inf
         if value is not None and self._improves(self.sign * float(value), tie):
             self.best, self.best_tie, self.wait, self.best_epoch = self.sign * float(value), tie, 0, epoch + 1
-            _replace_file(lambda p: self.model.save_weights(p), self.best_path)
+            with averaged_weights(self.model):
+                _replace_file(lambda p: self.model.save_weights(p), self.best_path)
         elif tie < self.lowest_tie:  # not a better epoch, but the loss is still falling
             self.wait = 0
         else:
