@@ -34,7 +34,7 @@ import warnings
 
 import cxrflow
 from bench import common
-from bench.quality_report import TARGETS, adult_or_child, fmt_row, print_report, score, summarise
+from bench.quality_report import TARGETS, adult_or_child, fmt_row, print_report, score, shortcut_summary, summarise
 
 QUALITY_DIR = os.path.join(common.DATA_DIR, "quality")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,6 +165,7 @@ def rescore_seed(config, label: str, skip_baseline: bool) -> dict | None:
     out = {"cxrflow": score(labels, probs, groups, list(config.classes)),
            "times": {"trainer_s": round(os.path.getmtime(summary_path) - os.path.getmtime(resample_path), 1)},
            "epochs_run": summary["epochs_run"], "rescored": True,
+           "shortcut": shortcut_summary(os.path.join(run_dir, "evaluation", "metrics.json")),
            "splits": read_json(os.path.join(examples, "ingest_report.json"))["splits"],
            "resample": {k: resample.get(k) for k in ("counts_after", "mix_before", "mix_after", "unbalanced")}}
     base_key = _key(ex_key, config.image_size, config.epochs,
@@ -212,7 +213,9 @@ def run_seed(config, label: str, skip_baseline: bool, baseline_only: bool = Fals
                    dirs["trainer"])
     evaluator_error = ""
     try:
-        step("evaluator_s", run_evaluator, config, dirs["model"], split_pattern(examples, "test"), dirs["evaluation"])
+        # With the train split the Evaluator also fits its file-trait probe (a shortcut check).
+        step("evaluator_s", run_evaluator, config, dirs["model"], split_pattern(examples, "test"), dirs["evaluation"],
+             None, (), split_pattern(examples, "train"))
     except Exception as e:  # the benchmark's numbers come from predict_split below; say what failed
         evaluator_error = f"{type(e).__name__}: {e}"
         print(f"quality: evaluator failed ({evaluator_error}); scoring from predictions", file=sys.stderr)
@@ -221,6 +224,7 @@ def run_seed(config, label: str, skip_baseline: bool, baseline_only: bool = Fals
     out = {"cxrflow": score(labels, probs, groups, list(config.classes)), "times": times,
            "epochs_run": summary["epochs_run"], "splits": report["splits"], "evaluator_error": evaluator_error,
            "operating_point": summary.get("operating_point", {}),
+           "shortcut": shortcut_summary(os.path.join(dirs["evaluation"], "metrics.json")),
            "resample": {k: resample.get(k) for k in ("counts_after", "mix_before", "mix_after", "unbalanced")}}
     if not skip_baseline:
         out["baseline"] = _baseline(examples, config, base_key, groups)

@@ -3,7 +3,9 @@ recall per class within each age group with Wilson intervals, means over seeds a
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import numpy as np
 
@@ -103,6 +105,32 @@ def fmt_row(name: str, r: dict) -> str:
             f"macro AUC {r['macro_auc']:.3f}  {cells}")
 
 
+def shortcut_summary(metrics_path: str) -> dict:
+    """The Evaluator's shortcut checks of one seed (metrics.json `shortcut`), in a few numbers: the
+    file-trait probe's and the lungs-hidden macro recall against the CNN's, and how many warnings.
+    {} when the Evaluator wrote no metrics (it failed: the seed says why in `evaluator_error`)."""
+    if not os.path.exists(metrics_path):
+        return {}
+    with open(metrics_path) as f:
+        checks = json.load(f).get("shortcut", {})
+    probe, hidden = checks.get("trait_probe", {}), checks.get("lungs_hidden", {})
+    return {"trait_probe_macro_recall": probe.get("metrics", {}).get("macro_recall"),
+            "trait_probe_skipped": probe.get("skipped"),
+            "lungs_hidden_macro_recall": hidden.get("macro_recall_lungs_hidden"),
+            "macro_recall_intact": hidden.get("macro_recall_intact"),
+            "chance": hidden.get("chance"),
+            "warnings": checks.get("warnings", [])}
+
+
+def fmt_shortcut(s: dict) -> str:
+    def num(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    return (f"  shortcut  file-trait probe {num(s.get('trait_probe_macro_recall'))}  "
+            f"lungs hidden {num(s.get('lungs_hidden_macro_recall'))} (intact {num(s.get('macro_recall_intact'))}, "
+            f"chance {num(s.get('chance'))})  {len(s.get('warnings', []))} warnings")
+
+
 def print_report(per_seed: dict, summary: dict) -> None:
     for seed, r in per_seed.items():
         print(f"seed {seed} (train {r['times']['trainer_s']:.0f}s, {r['epochs_run']} epochs; "
@@ -110,6 +138,8 @@ def print_report(per_seed: dict, summary: dict) -> None:
         for side in ("cxrflow", "baseline"):
             if side in r:
                 print(fmt_row(side, r[side]))
+        if r.get("shortcut"):
+            print(fmt_shortcut(r["shortcut"]))
     for side in ("cxrflow", "baseline"):
         if side not in summary:
             continue

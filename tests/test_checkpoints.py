@@ -279,5 +279,5 @@ def test_with_ema_a_resumed_run_continues_the_same_average(tmp_path):
     whole_best, killed_best = _ema_model(), _ema_model()
     whole_best.load_weights(str(whole / "best.weights.h5"))
     killed_best.load_weights(str(killed / "best.weights.h5"))
-    for a, b in zip(whole_best.get_weights(), killed_best.get_weights()):
+    for a, b in zip(whole_best.get_weights(), killed_best.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)

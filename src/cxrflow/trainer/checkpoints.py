@@ -43,7 +43,7 @@ def averaged_weights(model: keras.Model):
     try:
         yield
     finally:
-        for variable, value in zip(model.trainable_variables, raw):
+        for variable, value in zip(model.trainable_variables, raw, strict=True):
             variable.assign(value)
 
 
