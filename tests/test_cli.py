@@ -46,8 +46,8 @@ def test_operating_point_flags_reach_the_config(tmp_path, flags, expected):
 def test_ema_momentum_flag_reaches_the_config_and_is_checked(tmp_path):
     parse = cli.build_parser().parse_args
     base = ["run", "--data", "folders:x", "--output", str(tmp_path)]
-    assert cli_flags.config_from_args(parse(base), str(tmp_path)).ema_momentum == 0.0  # off by default
-    assert cli_flags.config_from_args(parse([*base, "--ema-momentum", "0.98"]), str(tmp_path)).ema_momentum == 0.98
+    assert cli_flags.config_from_args(parse(base), str(tmp_path)).ema_momentum == 0.98  # the default
+    assert cli_flags.config_from_args(parse([*base, "--ema-momentum", "0"]), str(tmp_path)).ema_momentum == 0.0
     with pytest.raises(ConfigError, match="ema_momentum"):
         cli_flags.config_from_args(parse([*base, "--ema-momentum", "1"]), str(tmp_path))
 

@@ -238,10 +238,10 @@ def test_weight_decay_is_a_knob_that_really_decays():
         np.testing.assert_array_equal(bias.numpy(), 1.0)  # biases are not decayed
 
 
-def test_ema_momentum_gives_an_averaging_optimizer_and_is_off_by_default():
+def test_ema_momentum_gives_an_averaging_optimizer_and_zero_turns_it_off():
     from cxrflow.stages.trainer import optimizer_for
 
-    assert not optimizer_for(PipelineConfig(), 1e-3).use_ema
+    assert not optimizer_for(PipelineConfig(ema_momentum=0.0), 1e-3).use_ema
     optimizer = optimizer_for(PipelineConfig(ema_momentum=0.98), 1e-3)
     assert optimizer.use_ema and optimizer.ema_momentum == 0.98
     kernel = keras.Variable(np.zeros((2,), np.float32), name="kernel")
