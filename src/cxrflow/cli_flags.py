@@ -67,7 +67,7 @@ def add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
                    default=PipelineConfig.early_stopping_metric,
                    help="what picks the best epoch and stops training: eval loss, or eval macro recall")
     p.add_argument("--ema-momentum", type=float, default=PipelineConfig.ema_momentum,
-                   help="score and export an exponential moving average of the weights (e.g. 0.99); 0 = off")
+                   help="score and export an exponential moving average of the weights (0.98: about 50 steps); 0 = off")
     p.add_argument("--resample", choices=RESAMPLE_MODES, default="none")
     p.add_argument("--no-class-weights", action="store_true", help="train without inverse-frequency weights")
     p.add_argument("--balance-by", choices=("age_group", "source"), default="",
