@@ -119,6 +119,33 @@ class SourceAdapter(ABC):
         seen.add(image_id)
         return image_id
 
+    def row_record(
+        self, path: str, seen: set[str], *, label: str, patient: str,
+        view: str = "", sex: str = "", age: str = "", provided_split: str = "",
+    ) -> Record | Exclusion:
+        """The Record of a metadata row whose file was found, or why the row is excluded.
+
+        The last checks every metadata adapter makes, in this order: a patient id, then the
+        file's first row (`claim_image_id`). `patient` is the source's own id, namespaced here.
+        """
+        source = self.source_name
+        if not patient:
+            return Exclusion(source, path, "no_patient_id")  # cannot be split leak-free
+        image_id = self.claim_image_id(path, seen)
+        if image_id is None:
+            return Exclusion(source, path, "duplicate_row")
+        return Record(
+            path=path,
+            image_id=image_id,
+            label=label,
+            patient_id=f"{source}:{patient}",
+            source=source,
+            view=view,
+            sex=sex,
+            age=age,
+            provided_split=provided_split,
+        )
+
     def views(self) -> set[str]:
         """The `views` option, normalised; the config's default (frontal views) when unset."""
         text = self.options.get("views") or ",".join(PipelineConfig.views)

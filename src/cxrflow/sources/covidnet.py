@@ -90,23 +90,9 @@ class CovidNetMetadataSource(SourceAdapter):
             if problem:  # missing_file, path_escape
                 yield Exclusion(source, where, problem)
                 continue
-            path = where
-            if not row.get("patientid"):
-                yield Exclusion(source, path, "no_patient_id")  # cannot be split leak-free
-                continue
-            image_id = self.claim_image_id(path, seen)
-            if image_id is None:
-                yield Exclusion(source, path, "duplicate_row")
-                continue
-            yield Record(
-                path=path,
-                image_id=image_id,
-                label=label,
-                patient_id=f"{source}:{self.patient_of(row)}",
-                source=source,
-                view=view,
-                sex=row.get("sex", ""),
-                age=row.get("age", ""),
+            yield self.row_record(
+                where, seen, label=label, patient=self.patient_of(row), view=view,
+                sex=row.get("sex", ""), age=row.get("age", ""),
             )
 
 

@@ -71,16 +71,8 @@ class CovidxSource(SourceAdapter):
                 if path not in present:
                     yield Exclusion(source, path, "missing_file")
                     continue
-                image_id = self.claim_image_id(path, seen)
-                if image_id is None:
-                    yield Exclusion(source, path, "duplicate_row")
-                    continue
                 origin = f"{fields[3]}:" if len(fields) == 4 else ""
-                yield Record(
-                    path=path,
-                    image_id=image_id,
-                    label=label,
-                    patient_id=f"{source}:{origin}{patient}",
-                    source=source,
-                    provided_split=SPLITS[split],
+                # `patient` is a whitespace-split field, never empty: only duplicate_row applies.
+                yield self.row_record(
+                    path, seen, label=label, patient=f"{origin}{patient}", provided_split=SPLITS[split],
                 )

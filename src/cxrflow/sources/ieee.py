@@ -80,20 +80,7 @@ class IeeeSource(SourceAdapter):
             if path not in listed[folder]:
                 yield Exclusion(source, path, "missing_file")
                 continue
-            if not row.get("patientid"):
-                yield Exclusion(source, path, "no_patient_id")  # cannot be split leak-free
-                continue
-            image_id = self.claim_image_id(path, seen)
-            if image_id is None:
-                yield Exclusion(source, path, "duplicate_row")
-                continue
-            yield Record(
-                path=path,
-                image_id=image_id,
-                label=label,
-                patient_id=f"{source}:{row['patientid']}",
-                source=source,
-                view=row.get("view", ""),
-                sex=row.get("sex", ""),
-                age=row.get("age", ""),
+            yield self.row_record(
+                path, seen, label=label, patient=row["patientid"], view=row.get("view", ""),
+                sex=row.get("sex", ""), age=row.get("age", ""),
             )

@@ -80,20 +80,8 @@ class NihSource(SourceAdapter):
             if name not in present:
                 yield Exclusion(source, where, "missing_file")
                 continue
-            if not row.get("patient id"):
-                yield Exclusion(source, where, "no_patient_id")  # cannot be split leak-free
-                continue
-            image_id = self.claim_image_id(where, seen)
-            if image_id is None:
-                yield Exclusion(source, where, "duplicate_row")
-                continue
-            yield Record(
-                path=where,
-                image_id=image_id,
-                label=label,
-                patient_id=f"{source}:{row['patient id']}",
-                source=source,
-                view=view,
+            yield self.row_record(
+                where, seen, label=label, patient=row["patient id"], view=view,
                 sex=row.get("patient gender") or row.get("patient sex", ""),
                 age=nih_age(row.get("patient age", "")),
             )
