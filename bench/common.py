@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import cProfile
 import functools
+import hashlib
 import io
 import json
+import logging
 import os
 import pstats
 import shutil
@@ -17,6 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 from bench.data import DATA_DIR  # noqa: E402
+from cxrflow.config import PipelineConfig  # noqa: E402
+from cxrflow.stages.transform import run_transform  # noqa: E402
 
 RESULTS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
 WORK_DIR = os.path.join(DATA_DIR, "work")
@@ -24,8 +28,6 @@ PROFILE_DIR = os.path.join(DATA_DIR, "profiles")
 
 
 def quiet() -> None:
-    import logging
-
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -76,14 +78,12 @@ def fresh_dir(*parts: str) -> str:
 
 
 def config_for(root: str, **changes):
-    from cxrflow.config import PipelineConfig
-
     return PipelineConfig(data=(f"folders:{root}",), **changes)
 
 
 def ensure_examples(root: str, name: str) -> str:
     """ExampleGen output for the image folder `root`, cached under _data/work/<name>_<code version>."""
-    from cxrflow.stages.example_gen import REPORT_FILE, run_example_gen
+    from cxrflow.stages.example_gen import REPORT_FILE, run_example_gen  # lazy: scipy (~1 s); not every bench needs it
 
     name = f"{name}_{code_version()}"
     out = os.path.join(WORK_DIR, name)
@@ -96,8 +96,6 @@ def ensure_examples(root: str, name: str) -> str:
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """Hash of cxrflow's source: cached artifacts from other code must never be measured."""
-    import hashlib
-
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "cxrflow")
     digest = hashlib.sha256()
     for dirpath, _, files in sorted(os.walk(src)):
@@ -110,8 +108,7 @@ def code_version() -> str:
 
 def ensure_transform(examples_dir: str, image_size: int, name: str) -> str:
     """A transform graph (unit normalisation) written by cxrflow's run_transform, cached per code version."""
-    from cxrflow.stages.example_gen import split_pattern
-    from cxrflow.stages.transform import run_transform
+    from cxrflow.stages.example_gen import split_pattern  # lazy: scipy (~1 s); not every bench needs it
 
     name = f"{name}_{code_version()}"
     out = os.path.join(WORK_DIR, name)

@@ -13,6 +13,10 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from PIL import Image
+
+from cxrflow.sample_data import encode, render
+from cxrflow.sources import ADAPTERS
 
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_data")
 CLASSES = ("covid", "bacterial", "normal")
@@ -35,10 +39,6 @@ def _name(index: int) -> tuple[str, str]:
 
 
 def _make(index: int) -> str:
-    from PIL import Image
-
-    from cxrflow.sample_data import encode, render
-
     label, name = _name(index)
     path = os.path.join(pool_dir(), label, name)
     if os.path.exists(path):
@@ -94,8 +94,6 @@ def list_set(root: str) -> list[str]:
 
 def describe(paths: list[str]) -> dict:
     """Counts per format and mode, megapixels and bytes: printed so a reader knows what was measured."""
-    from PIL import Image
-
     mp, size, enc = [], 0, {}
     for p in paths:
         with Image.open(p) as im:
@@ -130,8 +128,6 @@ def realdata_root() -> tuple[str | None, str]:
 
 def realdata_entries(root: str) -> tuple[str, ...]:
     """`--data` entries for the sources of the real set that cxrflow has an adapter for."""
-    from cxrflow.sources import ADAPTERS
-
     return tuple(
         f"{kind}:{os.path.join(root, kind)}"
         for kind in REALDATA_SOURCES

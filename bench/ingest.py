@@ -32,8 +32,12 @@ import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from PIL import Image
+
 from bench import common, data
 from cxrflow import features as fk
+from cxrflow.config import DEFAULT_CLASSES, PipelineConfig
+from cxrflow.stages.transform import run_transform
 
 IMAGE_SIZE = 512
 
@@ -48,7 +52,7 @@ def bare_hash(paths: list[str]) -> int:
 
 def bare_hash_write(paths: list[str], out_path: str) -> int:
     """Read, SHA-256 and append the bytes to one TFRecord file: what a cached re-ingest must do."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: run_all imports this; TF only when the group runs
 
     n = 0
     with tf.io.TFRecordWriter(out_path) as writer:
@@ -62,7 +66,7 @@ def bare_hash_write(paths: list[str], out_path: str) -> int:
 
 
 def bare_decode_tfdata(paths: list[str]) -> int:
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: run_all imports this; TF only when the group runs
 
     def load(path):
         return tf.shape(tf.io.decode_image(tf.io.read_file(path), expand_animations=False))
@@ -72,8 +76,6 @@ def bare_decode_tfdata(paths: list[str]) -> int:
 
 
 def _pil_decode(path: str) -> tuple[int, int]:
-    from PIL import Image
-
     with open(path, "rb") as f:
         img = Image.open(io.BytesIO(f.read()))
         img.load()
@@ -86,7 +88,7 @@ def bare_decode_pil(paths: list[str]) -> int:
 
 
 def bare_tfdata(paths: list[str], antialias: bool = False) -> int:
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: run_all imports this; TF only when the group runs
 
     def load(path):
         image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
@@ -102,7 +104,7 @@ def bare_tfdata(paths: list[str], antialias: bool = False) -> int:
 
 
 def run_example_gen(config, out_name: str) -> str:
-    from cxrflow.stages.example_gen import run_example_gen as eg
+    from cxrflow.stages.example_gen import run_example_gen as eg  # lazy: keeps scipy off run_all
 
     out = common.fresh_dir(out_name)
     eg(config, out)
@@ -111,9 +113,8 @@ def run_example_gen(config, out_name: str) -> str:
 
 def apply_transform(examples_dir: str, transform_dir: str) -> int:
     """Every example of every split through the TFT graph, as the Trainer's input does it."""
-    import tensorflow_transform as tft
+    import tensorflow_transform as tft  # lazy (both): run_all imports this; TFT and TF only when the group runs
 
-    from cxrflow.config import DEFAULT_CLASSES
     from cxrflow.trainer.data import transformed_dataset
 
     layer = tft.TFTransformOutput(transform_dir).transform_features_layer()
@@ -137,8 +138,7 @@ def _load() -> float:
 
 def _dataset(name: str, config, clock: common.Clock, reps: int, transform: bool) -> dict:
     """Times every side on one dataset; returns the entries (suffix `_<name>` unless synthetic)."""
-    from cxrflow.stages.example_gen import scan_sources, split_pattern
-    from cxrflow.stages.transform import run_transform
+    from cxrflow.stages.example_gen import scan_sources, split_pattern  # lazy: keeps scipy off run_all
 
     paths = [r.path for r in scan_sources(config)[0]]
     print(f"[ingest:{name}] {data.describe(paths)}", flush=True)
@@ -250,8 +250,6 @@ def run(count: int, reps: int = 2, transform: bool = True) -> dict:
         for name in REALDATA_ENTRIES:
             out[name] = skipped(why)
         return out
-    from cxrflow.config import PipelineConfig
-
     out.update(_dataset("realdata", PipelineConfig(data=data.realdata_entries(root)), clock, reps, False))
     return out
 
@@ -261,7 +259,7 @@ REALDATA_ENTRIES = ("ingest_vs_decode_realdata", "ingest_rerun_cached_realdata",
 
 def _per_image(config) -> None:
     """ExampleGen's per-image work without Beam: pass one (check) and pass two (example)."""
-    from cxrflow.stages.example_gen import check_record, scan_sources, to_example
+    from cxrflow.stages.example_gen import check_record, scan_sources, to_example  # lazy: keeps scipy off run_all
 
     for record in scan_sources(config)[0]:
         check_record(record, config.max_image_pixels)
@@ -275,8 +273,6 @@ def profile(count: int) -> None:
     configs = {"synthetic": common.config_for(data.ensure_set(count))}
     root, _ = data.realdata_root()
     if root is not None:
-        from cxrflow.config import PipelineConfig
-
         configs["realdata"] = PipelineConfig(data=data.realdata_entries(root))
     for name, config in configs.items():
         print("[ingest] profiles:", common.profile(f"example_gen_{name}", run_example_gen, config, f"prof_{name}"))

@@ -28,13 +28,21 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 import warnings
 
 import cxrflow
-from bench import common
+from bench import common, quality_baseline
 from bench.quality_report import TARGETS, adult_or_child, fmt_row, print_report, score, shortcut_summary, summarise
+from cxrflow.config import PipelineConfig, stage_fields
+from cxrflow.io_utils import read_json
+from cxrflow.sources import ADAPTERS
+from cxrflow.stages.evaluator import predict_split, run_evaluator
+from cxrflow.stages.resample import run_resample
+from cxrflow.stages.trainer import run_trainer
+from cxrflow.stages.transform import run_transform
 
 QUALITY_DIR = os.path.join(common.DATA_DIR, "quality")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,9 +105,6 @@ def _owner_alive(tmp: str) -> bool:
 
 
 def build_config(root: str, seed: int, image_size: int, epochs: int | None, overrides: list[str]):
-    from cxrflow.config import PipelineConfig
-    from cxrflow.sources import ADAPTERS
-
     data = tuple(f"{kind}:{os.path.join(root, folder)}" for kind, folder in SOURCES
                  if kind in ADAPTERS and os.path.isdir(os.path.join(root, folder)))
     raw = json.loads(PipelineConfig().to_json())
@@ -126,7 +131,7 @@ def build_config(root: str, seed: int, image_size: int, epochs: int | None, over
 
 def _test_groups(examples_dir: str) -> list[str]:
     """Age group of every test example, in the order the evaluator's predict_split reads them."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: --help and the no-data exit must not load TF
 
     spec = {fk: tf.io.FixedLenFeature([], tf.string) for fk in ("age_group",)}
     files = sorted(tf.io.gfile.glob(os.path.join(examples_dir, "Split-test", "*.tfrecord")))
@@ -137,8 +142,6 @@ def _test_groups(examples_dir: str) -> list[str]:
 def _stage_settings(config, stage: str) -> dict:
     """The config fields a stage reads (config.stage_fields), so an ablation of a Trainer knob
     reuses ExampleGen's and Transform's outputs."""
-    from cxrflow.config import stage_fields
-
     values = json.loads(config.to_json())
     return {k: values[k] for k in stage_fields(stage) if k not in ("work_dir", "beam_args")}
 
@@ -147,9 +150,7 @@ def rescore_seed(config, label: str, skip_baseline: bool) -> dict | None:
     """Scores a finished run of this label and seed again from its model, without training (for a
     benchmark process that was stopped after some seeds). None when that seed's run is unfinished.
     trainer_s is then the time between Resample's and the Trainer's output files."""
-    from cxrflow.io_utils import read_json
-    from cxrflow.stages.evaluator import predict_split
-    from cxrflow.stages.example_gen import split_pattern
+    from cxrflow.stages.example_gen import split_pattern  # lazy: keeps scipy (~1 s) off --help
 
     run_dir = os.path.join(QUALITY_DIR, "runs", label, f"seed{config.seed}")
     summary_path = os.path.join(run_dir, "trainer", "training_summary.json")
@@ -179,12 +180,7 @@ def rescore_seed(config, label: str, skip_baseline: bool) -> dict | None:
 
 
 def run_seed(config, label: str, skip_baseline: bool, baseline_only: bool = False) -> dict:
-    from cxrflow.io_utils import read_json
-    from cxrflow.stages.evaluator import predict_split, run_evaluator
-    from cxrflow.stages.example_gen import run_example_gen, split_pattern
-    from cxrflow.stages.resample import run_resample
-    from cxrflow.stages.trainer import run_trainer
-    from cxrflow.stages.transform import run_transform
+    from cxrflow.stages.example_gen import run_example_gen, split_pattern  # lazy: keeps scipy (~1 s) off --help
 
     times: dict[str, float] = {}
 
@@ -234,8 +230,6 @@ def run_seed(config, label: str, skip_baseline: bool, baseline_only: bool = Fals
 
 
 def _baseline(examples: str, config, key: str, groups) -> dict:
-    from bench import quality_baseline
-
     def run(d):
         res = quality_baseline.train_and_predict(examples, config.classes, config.image_size, config.epochs,
                                                  config.seed)
@@ -315,8 +309,6 @@ def main(argv=None) -> int:
 
 
 def _tree() -> str:
-    import subprocess
-
     def git(*cmd):
         p = subprocess.run(["git", "-C", REPO, *cmd], capture_output=True, text=True, check=False)
         return p.stdout.strip()

@@ -20,7 +20,7 @@ from cxrflow import features as fk
 
 
 def _dataset(examples_dir: str, split: str, classes, image_size: int):
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: bench.quality imports this; TF only when the baseline trains
 
     files = sorted(glob.glob(os.path.join(examples_dir, f"Split-{split}", "*.tfrecord")))
     spec = {k: tf.io.FixedLenFeature([], tf.string) for k in (fk.IMAGE_KEY, fk.LABEL_KEY)}
@@ -37,7 +37,7 @@ def _dataset(examples_dir: str, split: str, classes, image_size: int):
 
 
 def _model(image_size: int, num_classes: int, seed: int):
-    import keras
+    import keras  # lazy: bench.quality imports this; Keras only when the baseline trains
 
     layers = keras.layers
     init = keras.initializers
@@ -59,7 +59,7 @@ def _model(image_size: int, num_classes: int, seed: int):
 def train_and_predict(examples_dir: str, classes, image_size: int, epochs: int, seed: int,
                       patience: int = 5, batch_size: int = 16) -> dict:
     """Trains on train (early stopping on eval) and returns test labels, probabilities, seconds."""
-    import keras
+    import keras  # lazy (both): bench.quality imports this; Keras and sklearn only when the baseline trains
     from sklearn.utils.class_weight import compute_class_weight
 
     train = _dataset(examples_dir, "train", classes, image_size)

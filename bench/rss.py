@@ -39,7 +39,7 @@ def _vm_hwm_kb() -> int:
 
 def _child(root: str | None, out: str) -> None:
     common.quiet()
-    import apache_beam  # noqa: F401
+    import apache_beam  # noqa: F401  # lazy (these two and the stages): only the measured child loads them, not run_all
     import tensorflow  # noqa: F401
 
     from cxrflow.stages import example_gen, resample, transform

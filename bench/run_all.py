@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import subprocess
 import sys
 import time
 import warnings
+
+from bench import common, demo, ingest, rss, serving, trainer
 
 GROUPS = {
     "ingest": (
@@ -41,39 +44,27 @@ def _group_of(name: str) -> str:
 
 def _run_group(group: str, args) -> dict:
     if group == "ingest":
-        from bench import ingest
-
         out = ingest.run(args.count, reps=args.reps)
         if args.profile and not all(v["ok"] in (True, None) for v in out.values()):
             ingest.profile(args.count)
         return out
     if group == "trainer":
-        from bench import trainer
-
         out = trainer.run(args.count, reps=args.reps)
         if args.profile and not out["trainer"]["ok"]:
             trainer.profile(args.count)
         return out
     if group == "serving":
-        from bench import serving
-
         out = serving.run(args.count)
         if args.profile and not all(v["ok"] for v in out.values()):
             serving.profile(args.count)
         return out
     if group == "demo":
-        from bench import demo
-
         return demo.run()
-    from bench import rss
-
     return rss.run(args.count)
 
 
 def _git_tree() -> str:
     """HEAD and whether src/ had uncommitted edits: the code measured is the working tree."""
-    import subprocess
-
     def git(*cmd: str) -> str:
         proc = subprocess.run(["git", *cmd], capture_output=True, text=True, check=False)
         return proc.stdout.strip() if proc.returncode == 0 else ""
@@ -107,8 +98,6 @@ def main(argv=None) -> int:
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip cProfile on a miss")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-
-    from bench import common
 
     groups = list(dict.fromkeys(_group_of(n) for n in args.only)) if args.only else list(GROUPS)
     results = common.load_results()

@@ -22,7 +22,7 @@ CLASSES = ("covid", "bacterial", "normal")
 
 
 def bare_function(model, antialias: bool):
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: run_all imports this; TF only when the group runs
 
     def one(b):
         image = tf.io.decode_image(b, channels=3, expand_animations=False)
@@ -39,7 +39,7 @@ def bare_function(model, antialias: bool):
 
 def export_model(examples_dir: str, count: int):
     """Untrained CNN + TFT graph -> SavedModel (fresh each run); returns (keras model, export dir)."""
-    import tensorflow_transform as tft
+    import tensorflow_transform as tft  # lazy (these three): run_all imports this; TF only when the group runs
 
     from cxrflow.trainer.export import export_serving_model
     from cxrflow.trainer.models import build_cnn
@@ -64,7 +64,7 @@ def _pick_images(paths: list[str]) -> list[bytes]:
 
 
 def _measure(fns: dict, images: list[bytes], batch: int, iters: int, warmup: int = 2):
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: run_all imports this; TF only when the group runs
 
     requests = [tf.constant([images[(i * batch + j) % len(images)] for j in range(batch)]) for i in range(iters)]
     for fn in fns.values():
@@ -82,7 +82,7 @@ def _measure(fns: dict, images: list[bytes], batch: int, iters: int, warmup: int
 
 
 def run(count: int, iters_single: int = 30, iters_batch: int = 8) -> dict:
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: run_all imports this; TF only when the group runs
 
     common.quiet()
     root = data.ensure_set(count)
@@ -130,7 +130,7 @@ def run(count: int, iters_single: int = 30, iters_batch: int = 8) -> dict:
 
 def profile(count: int, iters: int = 10) -> None:
     """cProfile of cxrflow's signature calls (single image): shows where Python time goes."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: run_all imports this; TF only when the group runs
 
     common.quiet()
     export_dir = os.path.join(common.WORK_DIR, "serving_model")

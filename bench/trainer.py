@@ -16,7 +16,10 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
+
 from bench import common, data
+from cxrflow.config import Augmentation
 
 IMAGE_SIZE = 128
 BATCH = 16
@@ -26,7 +29,7 @@ CLASSES = ("covid", "bacterial", "normal")
 
 
 def _callback():
-    import keras
+    import keras  # lazy: run_all imports this; Keras only when the group runs
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self):
@@ -46,7 +49,7 @@ def _callback():
 
 
 def _fit(ds) -> tuple[list[float], list[float]]:
-    import keras
+    import keras  # lazy (both): run_all imports this; Keras only when the group runs
 
     from cxrflow.trainer.models import build_cnn
 
@@ -63,7 +66,7 @@ def _fit(ds) -> tuple[list[float], list[float]]:
 
 
 def cxrflow_fit(pattern: str, layer, count: int, aug, cache_name: str):
-    from cxrflow.trainer.data import training_dataset
+    from cxrflow.trainer.data import training_dataset  # lazy: run_all imports this; TF only when the group runs
 
     cache_dir = common.fresh_dir(cache_name)
     ds = training_dataset(pattern, layer, CLASSES, count, IMAGE_SIZE, BATCH, aug, 42, cache_dir)
@@ -72,9 +75,7 @@ def cxrflow_fit(pattern: str, layer, count: int, aug, cache_name: str):
 
 def decoded_tensors(pattern: str, layer):
     """All images and labels decoded once (numpy), for the bare side: decoding is not timed."""
-    import numpy as np
-
-    from cxrflow.trainer.data import transformed_dataset
+    from cxrflow.trainer.data import transformed_dataset  # lazy: run_all imports this; TF only when the group runs
 
     xs, ys = [], []
     for x, y in transformed_dataset(pattern, layer, CLASSES).batch(64):
@@ -84,7 +85,7 @@ def decoded_tensors(pattern: str, layer):
 
 
 def bare_dataset(x, y):
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: run_all imports this; TF only when the group runs
 
     ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=42).repeat().batch(BATCH)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -106,9 +107,7 @@ def input_only(ds, epochs: int = 3) -> float:
 
 
 def run(count: int, reps: int = 2) -> dict:
-    import tensorflow_transform as tft
-
-    from cxrflow.config import Augmentation
+    import tensorflow_transform as tft  # lazy: run_all imports this; TFT only when the group runs
 
     common.quiet()
     root = data.ensure_set(count)
@@ -142,7 +141,7 @@ def run(count: int, reps: int = 2) -> dict:
     off = Augmentation(flip=False, brightness=0, contrast=0, gamma=0, translate=0, noise=0, rotation_deg=0, zoom=0)
     c_noaug = cxrflow_fit(pattern, layer, n, off, "trainer_cache_noaug")
     print(f"[trainer] cxrflow without augmentation: epochs {[round(t, 2) for t in c_noaug[0]]} s", flush=True)
-    from cxrflow.trainer.data import training_dataset
+    from cxrflow.trainer.data import training_dataset  # lazy: run_all imports this; TF only when the group runs
 
     cache = common.fresh_dir("trainer_cache_input")
     in_cxr = input_only(training_dataset(pattern, layer, CLASSES, n, IMAGE_SIZE, BATCH, Augmentation(), 42, cache))
@@ -174,9 +173,7 @@ def run(count: int, reps: int = 2) -> dict:
 
 def profile(count: int) -> None:
     """cProfile of one cxrflow training run (all epochs)."""
-    import tensorflow_transform as tft
-
-    from cxrflow.config import Augmentation
+    import tensorflow_transform as tft  # lazy: run_all imports this; TFT only when the group runs
 
     common.quiet()
     examples = os.path.join(common.WORK_DIR, f"examples_n{count}_{common.code_version()}")

@@ -24,12 +24,15 @@ from cxrflow.cli_flags import (
 from cxrflow.config import ConfigError, PipelineConfig
 from cxrflow.console import LOGS_DIR, StageFailed
 from cxrflow.io_utils import read_json
+from cxrflow.report import build_report
 from cxrflow.report.shortcut import summary_lines
 from cxrflow.report.shortcut import warnings as shortcut_warnings
+from cxrflow.runs import RunExists, run_pipeline_locally
 from cxrflow.stage_summary import warnings_block
 
-# Commands import their runners (TF, Beam, KFP, TFMA) lazily, inside each cmd_*: `cxrflow --help`
-# and a bad flag answer in a fraction of a second instead of after seconds of TF start-up.
+# What loads TF, Beam, KFP, TFMA, scipy or PIL is imported lazily, inside each cmd_* (runs.py does
+# the same for its own): `cxrflow --help` and a bad flag answer in a fraction of a second instead
+# of after seconds of TF start-up.
 
 DEMO_OUTPUT = os.path.join("runs", "demo")
 
@@ -75,8 +78,7 @@ def _finish_run(output: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cxrflow.runs import run_pipeline_locally
-    from cxrflow.sample_data import write_sample_dataset
+    from cxrflow.sample_data import write_sample_dataset  # lazy: keeps PIL off `cxrflow --help` and other commands
 
     output = os.path.abspath(args.output)
     data_dir = os.path.join(output, "sample_data")
@@ -94,8 +96,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cxrflow.runs import run_pipeline_locally
-
     output = os.path.abspath(args.output)
     config = config_from_args(args, output)
     run_pipeline_locally(config, output, force=args.force, resume=args.resume, verbose=args.verbose)
@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from cxrflow.stages.example_gen import run_example_gen
+    from cxrflow.stages.example_gen import run_example_gen  # lazy: pulls in scipy (~1 s), which --help must not pay
 
     config = config_from_args(args)
     report = run_example_gen(config, os.path.abspath(args.output))
@@ -131,7 +131,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cxrflow.external import run_external_evaluation
+    from cxrflow.external import run_external_evaluation  # lazy: pulls in scipy (~1 s) through example_gen
 
     output = os.path.abspath(args.output)
     metrics = run_external_evaluation(
@@ -153,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from cxrflow.pipeline import compile_pipeline
+    from cxrflow.pipeline import compile_pipeline  # lazy: bound per call, tests patch pipeline.compile_pipeline
 
     path = compile_pipeline(config_from_args(args), args.output)
     print(f"wrote {path}")
@@ -161,15 +161,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cxrflow.predict import predict_files
+    from cxrflow.predict import predict_files  # lazy: keeps PIL off `cxrflow --help` and other commands
 
     return predict_files(args.images, args.model, as_json=args.json, tta=args.tta,
                          max_pixels=args.max_pixels, endpoint=args.endpoint, gradcam_dir=args.gradcam)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cxrflow.report import build_report
-
     run_dir = os.path.abspath(args.run_dir)
     if not os.path.isfile(os.path.join(run_dir, "metrics.json")):
         raise FileNotFoundError(f"{args.run_dir} has no metrics.json: give the output dir of a finished run")
@@ -179,7 +177,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _deploy(args: argparse.Namespace, cron: str | None) -> int:
     """submit/schedule: exactly one target, KFP (--kfp-host) or Vertex AI (--vertex)."""
-    from cxrflow import deploy
+    from cxrflow import deploy  # lazy: keeps croniter off `cxrflow --help` and other commands
 
     if bool(args.vertex) == bool(args.kfp_host):
         raise ValueError("choose one target: --kfp-host URL or --vertex (with --project, --region, --pipeline-root)")
@@ -307,8 +305,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cxrflow.runs import RunExists
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -18,6 +18,8 @@ from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import join, read_json, write_json_atomic
 from cxrflow.report import build_report
 from cxrflow.runs import RunExists
+from cxrflow.stages.evaluator import evaluate_model
+from cxrflow.stages.example_gen import run_example_gen, split_dir
 from cxrflow.stages.pusher import complete_versions, latest_model_dir
 
 EXAMPLES_DIR = "examples"
@@ -114,9 +116,6 @@ def run_external_evaluation(
     `config_fields` are passed to PipelineConfig (views, class_map, batch_size, seed, the
     lungs-hidden knobs...); classes, image size and TTA come from the model.
     """
-    from cxrflow.stages.evaluator import evaluate_model
-    from cxrflow.stages.example_gen import run_example_gen, split_dir
-
     output_dir = os.path.abspath(output_dir)
     if os.path.exists(os.path.join(output_dir, "metrics.json")) and not force:
         raise RunExists(f"{output_dir} already holds an evaluation (metrics.json); pass --force to redo it "

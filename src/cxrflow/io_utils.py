@@ -17,7 +17,7 @@ def is_remote(path: str) -> bool:
 
 
 def _gfile():
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: only gs:// paths need TF's gfile
 
     return tf.io.gfile
 

@@ -58,7 +58,7 @@ def metrics_from_confusion(
 
 def metrics_from_probabilities(labels, probabilities, classes: Sequence[str]) -> dict:
     """The same contract computed directly (argmax + scikit-learn AUC), without TFMA."""
-    from sklearn.metrics import confusion_matrix, roc_auc_score
+    from sklearn.metrics import confusion_matrix, roc_auc_score  # lazy: `cxrflow --help` imports this module
 
     labels = np.asarray(labels)
     probs = np.asarray(probabilities)

@@ -43,7 +43,7 @@ def create_pipeline(config: PipelineConfig):
     """Returns the `@dsl.pipeline` function for `config`:
     DataSnapshot -> ExampleGen -> Transform/Resample -> Trainer -> Evaluator (with the served
     model from the resolver) -> Pusher if blessed, else PushSkipped (push.json says why)."""
-    from kfp import dsl
+    from kfp import dsl  # lazy (with components): KFP only to build a pipeline, not on import
 
     from cxrflow import components
 
@@ -96,7 +96,7 @@ def compile_pipeline(config: PipelineConfig, package_path: str) -> str:
     Refuses a config without `base_image`: every task runs cxrflow's code, so the image must be
     the one the Dockerfile builds (`cxrflow compile --registry` derives it for this version).
     """
-    from kfp import compiler
+    from kfp import compiler  # lazy: KFP only to compile
 
     if not config.base_image:
         raise ConfigError(
@@ -116,7 +116,7 @@ def run_local(config: PipelineConfig, pipeline_root: str, output_dir: str | None
     the tasks print goes to `output_dir/logs/<task>.log` (also to the console with `verbose`);
     a failed task raises console.StageFailed naming the stage, the reason and its log.
     """
-    from kfp import local
+    from kfp import local  # lazy: KFP only for a local run
 
     # Components start `python3` from PATH: make it this interpreter's environment.
     bin_dir = os.path.dirname(sys.executable)

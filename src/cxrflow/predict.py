@@ -8,12 +8,18 @@ With `--gradcam DIR` each predicted file also gets DIR/<stem>_gradcam.png from t
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 
+from cxrflow import deploy
 from cxrflow.images import ImageRejected, check_image
+from cxrflow.io_utils import write_bytes_atomic
+from cxrflow.report.gradcam import gradcam_maps, model_view, overlay_png
 
 REASON_TEXT = {
     "empty": "empty file",
@@ -39,7 +45,7 @@ def check_files(paths: Sequence[str], max_pixels: int) -> tuple[list[tuple[str, 
 
 
 def predict_bytes(model_dir: str, images: Sequence[bytes], tta: int = 1) -> list[dict]:
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: `cxrflow predict --endpoint` needs no TF
 
     model = tf.saved_model.load(model_dir)
     classes = [c.decode() for c in model.signatures["metadata"]()["classes"].numpy()]
@@ -62,10 +68,6 @@ def predict_rest(endpoint: str, images: Sequence[bytes], timeout: float = 60.0) 
 
     `endpoint` is `http://HOST:8501/v1/models/NAME` or `.../versions/N`.
     """
-    import base64
-    import urllib.error
-    import urllib.request
-
     url = endpoint.rstrip("/")
     if not url.endswith(":predict"):
         url += ":predict"
@@ -87,10 +89,6 @@ def predict_rest(endpoint: str, images: Sequence[bytes], timeout: float = 60.0) 
 
 def predict_vertex_endpoint(endpoint: str, images: Sequence[bytes]) -> list[dict]:
     """The same rows from a Vertex AI endpoint serving the exported model."""
-    import base64
-
-    from cxrflow import deploy
-
     rows = deploy.predict_vertex(endpoint, [{"b64": base64.b64encode(b).decode("ascii")} for b in images])
     return [_from_serving_row(row) for row in rows]
 
@@ -105,10 +103,7 @@ def write_gradcams(model_dir: str, good: Sequence[tuple[str, bytes]], out_dir: s
 
     Files with the same stem (a/x.png, b/x.jpg) get _2, _3... rather than overwriting each other.
     """
-    import tensorflow as tf
-
-    from cxrflow.io_utils import write_bytes_atomic
-    from cxrflow.report.gradcam import gradcam_maps, model_view, overlay_png
+    import tensorflow as tf  # lazy: `cxrflow predict --endpoint` needs no TF
 
     model = tf.saved_model.load(model_dir)
     if "gradcam" not in model.signatures:

@@ -99,7 +99,7 @@ def collect_outputs(output_dir: str) -> dict[str, str]:
 
 def preflight(config: PipelineConfig) -> None:
     """Checks what can be checked before any task starts, so mistakes get a one-line error."""
-    from cxrflow.sources import adapter_for
+    from cxrflow.sources import adapter_for  # lazy: PIL and every adapter; `cxrflow --help` imports this module
 
     if not config.data:
         raise ValueError("no data given: pass --data KIND:PATH at least once")
@@ -116,7 +116,7 @@ def run_pipeline_locally(config: PipelineConfig, output_dir: str, force: bool = 
 
     The console shows the stages; what they print goes to `output_dir/logs/` (console.py).
     """
-    from cxrflow.pipeline import run_local
+    from cxrflow.pipeline import run_local  # lazy: bound per call, tests patch pipeline.run_local
 
     preflight(config)
     prepare_output(output_dir, force, resume)

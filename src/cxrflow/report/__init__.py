@@ -21,15 +21,15 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "bootstrap_ci":
-        from cxrflow.report.bootstrap import bootstrap_ci
+        from cxrflow.report.bootstrap import bootstrap_ci  # lazy: PEP 562, importing the package loads no module
 
         return bootstrap_ci
     if name in ("plot_roc", "plot_training_curves"):
-        from cxrflow.report import plots
+        from cxrflow.report import plots  # lazy: PEP 562, importing the package loads no module
 
         return getattr(plots, name)
     if name == "build_report":
-        from cxrflow.report.html import build_report
+        from cxrflow.report.html import build_report  # lazy: cycle, html.py imports this package's names
 
         return build_report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

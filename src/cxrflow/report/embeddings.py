@@ -37,7 +37,7 @@ def tsne_perplexity(n: int) -> float:
 
 def tsne_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
     """[n, D] -> [n, 2] t-SNE map (seeded through random_state, not the global RNG)."""
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # lazy: the Evaluator imports this module; sklearn only for t-SNE
 
     x = np.asarray(embeddings, dtype=np.float64)
     n = len(x)
@@ -48,7 +48,7 @@ def tsne_2d(embeddings: np.ndarray, seed: int) -> np.ndarray:
 def separation(points: np.ndarray, groups: Sequence[str]) -> float | None:
     """Silhouette of `points` grouped by `groups`; None when it is undefined (one group, or
     as many groups as points)."""
-    from sklearn.metrics import silhouette_score
+    from sklearn.metrics import silhouette_score  # lazy: the Evaluator imports this module; sklearn only for t-SNE
 
     groups = np.asarray(groups)
     k = len(np.unique(groups))

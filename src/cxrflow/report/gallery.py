@@ -23,6 +23,7 @@ from cxrflow import features as fk
 from cxrflow import progress
 from cxrflow.config import PipelineConfig
 from cxrflow.io_utils import write_json_atomic
+from cxrflow.report.gradcam import gradcam_maps, model_view
 
 GALLERY_DIR = "gallery"
 GALLERY_JSON = "gallery.json"
@@ -57,7 +58,7 @@ def pick_gallery(
 
 def _read_images(pattern: str, wanted: set[int], batch_size: int) -> dict[int, tuple[bytes, str]]:
     """{index: (encoded image, image id)} for the wanted test examples, in predict_split's order."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: the report side of this module must not load TF
 
     spec = fk.raw_feature_spec((fk.IMAGE_KEY, fk.IMAGE_ID_KEY))
     found, seen = {}, 0
@@ -76,7 +77,7 @@ def _read_images(pattern: str, wanted: set[int], batch_size: int) -> dict[int, t
 def picture_png(image: np.ndarray, heatmap: np.ndarray | None) -> bytes:
     """The image as the model saw it beside the same image under its heatmap, as PNG bytes."""
     from matplotlib import colormaps  # lazy: the colormap table only, no pyplot
-    from PIL import Image
+    from PIL import Image  # lazy: `cxrflow --help` imports this module and stays PIL-free
 
     gray = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
     rgb = np.repeat(gray[..., None], 3, axis=2)
@@ -137,8 +138,6 @@ def _write_gallery(
     batch_size: int,
 ) -> dict:
     import tensorflow as tf  # lazy: the report side of this module must not load TF
-
-    from cxrflow.report.gradcam import gradcam_maps, model_view
 
     labels, probs = np.asarray(labels), np.asarray(probs)
     wrong, correct, n_wrong = pick_gallery(labels, probs)

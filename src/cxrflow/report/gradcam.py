@@ -15,6 +15,7 @@ import numpy as np
 
 from cxrflow.io_utils import write_bytes_atomic
 from cxrflow.report.plots import _png, _pyplot
+from cxrflow.stages.transform import decode_batch
 
 PER_KIND = 2  # correctly and wrongly classified examples per class in the Evaluator's grid
 # Perceptually uniform with luminance rising with the value: the map reads in grayscale too,
@@ -45,9 +46,7 @@ def pick_examples(labels: np.ndarray, probs: np.ndarray, num_classes: int,
 
 def model_view(images: Sequence[bytes], image_size: int) -> np.ndarray:
     """Encoded images -> [n, size, size] in [0,1], decoded exactly as the model's transform does."""
-    import tensorflow as tf
-
-    from cxrflow.stages.transform import decode_batch
+    import tensorflow as tf  # lazy: `cxrflow --help` imports this module (via report.shortcut)
 
     if not images:
         return np.zeros((0, image_size, image_size), np.float32)
@@ -56,7 +55,7 @@ def model_view(images: Sequence[bytes], image_size: int) -> np.ndarray:
 
 def gradcam_maps(model, images: Sequence[bytes], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(heatmaps [n, H, W], predicted class ids [n]) from a loaded SavedModel's `gradcam` signature."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: `cxrflow --help` imports this module (via report.shortcut)
 
     signature = model.signatures["gradcam"]
     maps, ids = [], []

@@ -20,7 +20,7 @@ MARKERS = ("o", "s", "^", "D", "v", "x", "P", "*")
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # lazy (with pyplot below): `cxrflow --help` imports this module
 
     # Agg: no display on pipeline workers or CI; set before pyplot is first imported.
     matplotlib.use("Agg")
@@ -45,7 +45,7 @@ def _png(fig) -> bytes:
 
 def roc_png(labels, probabilities, classes: Sequence[str]) -> bytes:
     """One-vs-rest ROC curve per class, AUC in the legend, as PNG bytes."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_auc_score, roc_curve  # lazy: `cxrflow --help` imports this module
 
     plt = _pyplot()
     labels = np.asarray(labels)

@@ -22,6 +22,8 @@ import numpy as np
 
 from cxrflow import features as fk
 from cxrflow.metrics import metrics_from_probabilities
+from cxrflow.report.gradcam import gradcam_maps
+from cxrflow.stages.transform import decode_batch
 
 TRAIT_INT_KEYS, TRAIT_STR_KEYS = fk.TRAIT_INT_KEYS, fk.TRAIT_STR_KEYS  # ExampleGen's file-trait features
 MISSING_INT = -1
@@ -35,7 +37,7 @@ GROUP_CALL_SHARE = 0.5
 
 def read_traits(pattern: str) -> tuple[list[str], list[dict]] | None:
     """(labels, one trait dict per example) from TFRecords; None when the examples carry no traits."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: `cxrflow --help` imports this module and must not load TF
 
     spec = {fk.LABEL_KEY: tf.io.FixedLenFeature([], tf.string)}
     spec.update({k: tf.io.FixedLenFeature([], tf.int64, default_value=MISSING_INT) for k in TRAIT_INT_KEYS})
@@ -67,7 +69,7 @@ def chance(metrics: dict) -> float:
 def trait_probe(train_pattern: str, test_pattern: str, classes: Sequence[str], cnn: dict, seed: int,
                 margin: float, max_macro_recall: float) -> dict:
     """Scores a file-traits-only random forest; `warning` says when it rivals the CNN `cnn`."""
-    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.ensemble import RandomForestClassifier  # lazy (both): `cxrflow --help` imports this module
     from sklearn.feature_extraction import DictVectorizer
 
     train, test = read_traits(train_pattern), read_traits(test_pattern)
@@ -131,7 +133,7 @@ def hide_center(images: np.ndarray, fraction: float) -> np.ndarray:
 
 def encode_png16(images: np.ndarray) -> list[bytes]:
     """[n, H, W] in [0,1] -> lossless 16-bit PNGs, which the model's own decoder reads back exactly."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: `cxrflow --help` imports this module and must not load TF
 
     wide = np.round(np.clip(images, 0, 1) * 65535).astype(np.uint16)[..., None]
     return [tf.io.encode_png(tf.constant(img)).numpy() for img in wide]
@@ -154,10 +156,7 @@ def lungs_hidden(model_dir: str, test_pattern: str, classes: Sequence[str], imag
     The images go through the exported model's own signatures as lossless PNGs at the model's
     input size, so the check sees exactly what TF Serving would and needs no extra signature.
     """
-    import tensorflow as tf
-
-    from cxrflow.report.gradcam import gradcam_maps
-    from cxrflow.stages.transform import decode_batch
+    import tensorflow as tf  # lazy: `cxrflow --help` imports this module and must not load TF
 
     model = tf.saved_model.load(model_dir)
     # Decode as the model's own transform does (stretch, or letterbox with `pad`): the masked

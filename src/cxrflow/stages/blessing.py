@@ -55,7 +55,7 @@ def gated(config: PipelineConfig) -> list[tuple[str, int | None, float]]:
 
 def validation_config(config: PipelineConfig, has_baseline: bool):
     """TFMA EvalConfig: the candidate (and the served model as baseline) with MetricThresholds."""
-    from tensorflow_model_analysis.proto import config_pb2 as cfg
+    from tensorflow_model_analysis.proto import config_pb2 as cfg  # lazy: the Evaluator imports this; TFMA only to gate
 
     models = [CANDIDATE, BASELINE] if has_baseline else [CANDIDATE]
     specs = [cfg.ModelSpec(name=CANDIDATE, label_key=LABEL_KEY, prediction_key=CANDIDATE_KEY)]
@@ -79,7 +79,7 @@ def validation_config(config: PipelineConfig, has_baseline: bool):
 
 
 def _write_examples(path: str, labels: np.ndarray, probs: np.ndarray, base_probs: np.ndarray | None) -> None:
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: the Evaluator imports this; TF only to gate
 
     def floats(values) -> tf.train.Feature:
         return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
@@ -106,7 +106,7 @@ def tfma_validation(config: PipelineConfig, labels, probs, base_probs, output_di
                     beam_args: Sequence[str] = ()) -> dict:
     """Runs TFMA with the thresholds; {"validation_ok", "values": {metric: {model: value}},
     "failures": [{"metric", "change": bool, "message"}]}."""
-    import tensorflow_model_analysis as tfma
+    import tensorflow_model_analysis as tfma  # lazy (both): the Evaluator imports this; TFMA and Beam only to gate
     from apache_beam.options.pipeline_options import PipelineOptions
 
     os.makedirs(output_dir, exist_ok=True)

@@ -23,7 +23,9 @@ from cxrflow.io_utils import join, write_json_atomic
 from cxrflow.metrics import metrics_from_confusion, metrics_from_probabilities
 from cxrflow.report import GRADCAM_PNG, ROC_PNG, TSNE_JSON, TSNE_PNG, shortcut
 from cxrflow.report.bootstrap import bootstrap_ci
+from cxrflow.report.embeddings import write_tsne
 from cxrflow.report.gallery import write_gallery
+from cxrflow.report.gradcam import pick_examples, write_gradcam_grid
 from cxrflow.report.plots import plot_roc
 from cxrflow.stages.blessing import bless
 
@@ -36,7 +38,7 @@ SLICE_FEATURES = (fk.LABEL_KEY, fk.SOURCE_KEY, fk.VIEW_KEY, fk.SEX_KEY, fk.AGE_G
 
 def predict_split(model_dir: str, pattern: str, classes: Sequence[str], batch_size: int = 32):
     """Runs the exported model over TFRecords; returns labels, probabilities and slice features."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: external.py imports this; TF only to score
 
     model = tf.saved_model.load(model_dir)
     keys = (fk.IMAGE_KEY, fk.LABEL_KEY, fk.PATIENT_ID_KEY, *SLICE_FEATURES[1:])
@@ -66,10 +68,7 @@ def write_explanations(config: PipelineConfig, model_dir: str, pattern: str, lab
     few images chosen for Grad-CAM (from the predictions already made, so the choice needs no
     extra inference).
     """
-    import tensorflow as tf
-
-    from cxrflow.report.embeddings import write_tsne
-    from cxrflow.report.gradcam import pick_examples, write_gradcam_grid
+    import tensorflow as tf  # lazy: external.py imports this; TF only to score
 
     model = tf.saved_model.load(model_dir)
     if not {"embeddings", "gradcam"} <= set(model.signatures):  # a model exported before them
@@ -96,7 +95,7 @@ def write_explanations(config: PipelineConfig, model_dir: str, pattern: str, lab
 
 
 def write_prediction_examples(path: str, labels, probs, extras: dict) -> None:
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: external.py imports this; TF only to score
 
     with tf.io.TFRecordWriter(path) as writer:
         for i, label in enumerate(labels):
@@ -110,7 +109,7 @@ def write_prediction_examples(path: str, labels, probs, extras: dict) -> None:
 
 
 def eval_config(num_classes: int):
-    from tensorflow_model_analysis.proto import config_pb2 as cfg
+    from tensorflow_model_analysis.proto import config_pb2 as cfg  # lazy: external.py imports this; TFMA only to score
 
     return cfg.EvalConfig(
         model_specs=[cfg.ModelSpec(label_key=fk.LABEL_ID_KEY, prediction_key=fk.PREDICTION_KEY)],
@@ -139,7 +138,7 @@ def _slice_name(slice_key) -> str:
 
 def read_tfma_results(output_path: str, num_classes: int) -> dict[str, dict]:
     """{slice name: {"confusion": n x n counts, "auc": {class_id: auc}, "n": count}} from TFMA."""
-    import tensorflow_model_analysis as tfma
+    import tensorflow_model_analysis as tfma  # lazy: external.py imports this; TFMA only to score
 
     results: dict[str, dict] = {}
     for m in tfma.load_metrics(output_path):
@@ -163,7 +162,7 @@ def read_tfma_results(output_path: str, num_classes: int) -> dict[str, dict]:
 
 
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy (with pyplot below): matplotlib only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -264,7 +263,7 @@ def evaluate_model(
     metrics.json; then the recall and specificity of a class the data lacks are None, not 0.
     Returns {"metrics", "labels", "probabilities"}.
     """
-    import tensorflow_model_analysis as tfma
+    import tensorflow_model_analysis as tfma  # lazy (both): external.py imports this; TFMA and Beam only to score
     from apache_beam.options.pipeline_options import PipelineOptions
 
     os.makedirs(output_dir, exist_ok=True)

@@ -24,7 +24,7 @@ from cxrflow import progress, tf_example
 from cxrflow.beam_options import one_local_worker, with_local_defaults
 from cxrflow.config import PipelineConfig
 from cxrflow.images import ImageRejected, check_image, check_size
-from cxrflow.io_utils import join, makedirs, read_text, write_json_atomic, write_text_atomic
+from cxrflow.io_utils import join, makedirs, read_json, read_text, write_json_atomic, write_text_atomic
 from cxrflow.sources import Exclusion, Record, adapter_for
 from cxrflow.stages import check_cache
 from cxrflow.stages.confounding import age_group, confounding_report, file_traits
@@ -47,7 +47,7 @@ def split_pattern(examples_dir: str, split: str) -> str:
 
 def _read(path: str) -> bytes:
     if "://" in path:
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: only gs:// data needs TF's gfile
 
         # gfile raises TF's own errors, not OSError: map them so that a file gone from the
         # bucket is a counted `missing_file` skip and not a crash of the whole run.
@@ -290,8 +290,6 @@ def run_example_gen(config: PipelineConfig, output_dir: str, beam_args: Sequence
         shard_writer.discard(tmp_dir)  # a failed run leaves no half-written shards behind
         raise
     progress.flush("files checked")
-    from cxrflow.io_utils import read_json
-
     report = read_json(join(output_dir, REPORT_FILE))
     if report["patient_overlap"]:
         raise RuntimeError(f"{report['patient_overlap']} patients cross splits: refusing to continue")
@@ -302,7 +300,7 @@ def _run_beam(
     records: list[Record], exclusions: list[Exclusion], config: PipelineConfig, output_dir: str, tmp_dir: str,
     unreadable_cache_files: Sequence[str], beam_args: list[str],
 ) -> None:
-    import apache_beam as beam
+    import apache_beam as beam  # lazy (these two): Beam only for a run, not for the helpers others import
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from cxrflow.stages import shard_writer  # lazy: imports Beam and TF

@@ -17,6 +17,7 @@ import os
 import shutil
 import uuid
 
+from cxrflow import deploy
 from cxrflow.io_utils import is_remote, join
 
 SUCCESS_MARKER = "_SUCCESS"
@@ -25,7 +26,7 @@ _LOADED_LAST = ("saved_model.pb", "saved_model.pbtxt")
 
 
 def _gfile():
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: only gs:// serving dirs need TF's gfile
 
     return tf.io.gfile
 
@@ -117,8 +118,6 @@ def run_pusher(model_dir: str, serving_dir: str, model_name: str, keep: int = 0,
         return {"pushed": False, "reason": "no serving_dir configured"}
     result = push(model_dir, serving_dir, model_name, keep)
     if config is not None and config.vertex_model:
-        from cxrflow import deploy
-
         result["vertex_model"] = deploy.upload_vertex_model(
             result["path"], project=config.vertex_project, region=config.vertex_region,
             display_name=config.vertex_model, serving_image=config.vertex_serving_image,

@@ -129,7 +129,7 @@ def example_key(seed: int, serialized: bytes, group_key: str = "") -> tuple[tupl
 
     group is "" when no nuisance variable is balanced, so the cells are then the classes.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: no TF unless the train split is rebalanced
 
     example = tf.train.Example.FromString(serialized)
     feats = example.features.feature
@@ -150,7 +150,7 @@ def copies_for(cell, key: float, counts: dict, targets: dict, thresholds: dict) 
 
 def count_cells(train_pattern: str, group_key: str, output_dir: str, beam_args: Sequence[str]) -> dict:
     """A Beam pass counting training examples per (class, group): {class: {group: n}}."""
-    import apache_beam as beam
+    import apache_beam as beam  # lazy (both): no Beam unless the train split is rebalanced
     from apache_beam.options.pipeline_options import PipelineOptions
 
     path = join(output_dir, CELL_COUNTS_FILE)
@@ -226,7 +226,7 @@ def run_resample(
         write_json_atomic(join(output_dir, RESAMPLE_FILE), summary)
         return summary
 
-    import apache_beam as beam
+    import apache_beam as beam  # lazy (both): no Beam unless the train split is rebalanced
     from apache_beam.options.pipeline_options import PipelineOptions
 
     cell_counts = {(c, g): n for c, by_group in cells.items() for g, n in by_group.items()}
@@ -278,7 +278,7 @@ def run_resample(
 
 def train_pattern_for(summary: dict, examples_dir: str, resample_dir: str) -> str:
     """Where the Trainer reads training examples after this stage."""
-    from cxrflow.stages.example_gen import split_pattern
+    from cxrflow.stages.example_gen import split_pattern  # lazy: scipy (~1 s), which Resample itself never needs
 
     if summary["train_from"] == "examples":
         return split_pattern(examples_dir, "train")

@@ -19,7 +19,8 @@ import numpy as np
 
 from cxrflow import progress
 from cxrflow.config import PipelineConfig
-from cxrflow.io_utils import write_json_atomic
+from cxrflow.io_utils import read_json, write_json_atomic
+from cxrflow.stages.resample import RESAMPLE_FILE, train_pattern_for
 from cxrflow.trainer import operating_point
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,11 @@ class FnArgs:
 
 
 def _strategy():
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: a Trainer reused from the stage cache never loads TF
 
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
-        import keras
+        import keras  # lazy: Keras here only on GPUs, for mixed precision
 
         # Mixed precision pays off on GPUs with tensor cores; the softmax head stays float32.
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -67,7 +68,7 @@ def _phases(config: PipelineConfig) -> list[dict]:
     """
     if config.model == "cnn":
         return [{"name": "train", "epochs": config.epochs, "lr": config.learning_rate, "unfreeze": None}]
-    from cxrflow.trainer.models import ALL_LAYERS, FINE_TUNE_LAYERS
+    from cxrflow.trainer.models import ALL_LAYERS, FINE_TUNE_LAYERS  # lazy: models.py imports Keras
 
     if config.weights == "none":
         return [{"name": "train", "epochs": config.epochs, "lr": config.learning_rate, "unfreeze": ALL_LAYERS}]
@@ -85,7 +86,7 @@ def optimizer_for(config: PipelineConfig, learning_rate):
     (each step shrinks a weight by learning_rate * weight_decay). Biases and normalisation
     scales are not decayed: shrinking them only shifts or rescales activations. With
     `ema_momentum` the optimizer also keeps a moving average of the weights (Keras' EMA)."""
-    import keras
+    import keras  # lazy: a Trainer reused from the stage cache never loads Keras
 
     ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum > 0 else {}
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay, **ema)
@@ -95,7 +96,7 @@ def optimizer_for(config: PipelineConfig, learning_rate):
 
 def run_fn(fn_args: FnArgs) -> dict:
     """Trains (resuming if the working dir holds a backup) and exports the SavedModel."""
-    import keras
+    import keras  # lazy (these seven): Keras, TFT and the TF-bound trainer package only when training runs
     import tensorflow_transform as tft
 
     from cxrflow.trainer import data
@@ -240,7 +241,7 @@ def _deterministic_gpu_ops() -> None:
     weights run after run, at 32 and 224 px (tested, and measured in README); op determinism only
     picked other kernels, and should not change the whole process where it is not needed.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: a Trainer reused from the stage cache never loads TF
 
     if tf.config.list_physical_devices("GPU"):
         tf.config.experimental.enable_op_determinism()
@@ -263,9 +264,7 @@ def run_trainer(
     """Stage entry: reads the upstream artifacts and calls run_fn."""
     if config.deterministic:
         _deterministic_gpu_ops()
-    from cxrflow.io_utils import read_json
-    from cxrflow.stages.example_gen import REPORT_FILE, split_pattern
-    from cxrflow.stages.resample import RESAMPLE_FILE, train_pattern_for
+    from cxrflow.stages.example_gen import REPORT_FILE, split_pattern  # lazy: scipy (~1 s), not for a cached Trainer
 
     report = read_json(os.path.join(examples_dir, REPORT_FILE))
     resample = read_json(os.path.join(resample_dir, RESAMPLE_FILE))

@@ -33,7 +33,7 @@ def decode_grayscale(image_bytes, image_size: int, resize_mode: str = "stretch")
     `stretch` resizes to a square whatever the aspect ratio; `pad` scales the longer side to
     `image_size`, keeping the aspect ratio, and centres the image on black (PAD_VALUE) bands.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: the CLI imports this module (via report.shortcut) and must not load TF
 
     # channels=1 lets libpng/libjpeg convert RGB, RGBA, palette and gray+alpha to gray while
     # decoding (cheaper than decoding RGB and converting); 16-bit PNGs keep their precision
@@ -63,7 +63,7 @@ def decode_grayscale(image_bytes, image_size: int, resize_mode: str = "stretch")
 
 
 def decode_batch(images, image_size: int, resize_mode: str = "stretch"):
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: the CLI imports this module (via report.shortcut) and must not load TF
 
     return tf.map_fn(
         lambda b: decode_grayscale(b, image_size, resize_mode),
@@ -80,7 +80,7 @@ def make_preprocessing_fn(image_size: int, normalization: str, resize_mode: str 
     """
 
     def preprocessing_fn(inputs: dict) -> dict:
-        import tensorflow as tf
+        import tensorflow as tf  # lazy (both): only TFT's tracing runs this, never the CLI's import
         import tensorflow_transform as tft
 
         images = decode_batch(inputs[fk.IMAGE_KEY], image_size, resize_mode)
@@ -96,7 +96,7 @@ def make_preprocessing_fn(image_size: int, normalization: str, resize_mode: str 
 
 def run_transform(config: PipelineConfig, train_pattern: str, output_dir: str, beam_args: Sequence[str] = ()) -> str:
     """Analyzes the training split and writes the transform graph to `output_dir`."""
-    import apache_beam as beam
+    import apache_beam as beam  # lazy (these five): Beam, TFT and tfx_bsl only when the stage runs
     import tensorflow_transform.beam as tft_beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from tensorflow_transform.tf_metadata import schema_utils
