@@ -43,13 +43,17 @@ def test_operating_point_flags_reach_the_config(tmp_path, flags, expected):
     assert config.early_stopping_metric == ("val_macro_recall" if "--early-stopping-metric" in flags else "val_loss")
 
 
-def test_ema_momentum_flag_reaches_the_config_and_is_checked(tmp_path):
+@pytest.mark.parametrize(("flag", "field", "default", "given"), [
+    ("--ema-momentum", "ema_momentum", 0.98, 0.0),
+    ("--label-smoothing", "label_smoothing", 0.0, 0.1),
+])
+def test_trainer_float_flags_reach_the_config_and_are_checked(tmp_path, flag, field, default, given):
     parse = cli.build_parser().parse_args
     base = ["run", "--data", "folders:x", "--output", str(tmp_path)]
-    assert cli_flags.config_from_args(parse(base), str(tmp_path)).ema_momentum == 0.98  # the default
-    assert cli_flags.config_from_args(parse([*base, "--ema-momentum", "0"]), str(tmp_path)).ema_momentum == 0.0
-    with pytest.raises(ConfigError, match="ema_momentum"):
-        cli_flags.config_from_args(parse([*base, "--ema-momentum", "1"]), str(tmp_path))
+    assert getattr(cli_flags.config_from_args(parse(base), str(tmp_path)), field) == default
+    assert getattr(cli_flags.config_from_args(parse([*base, flag, str(given)]), str(tmp_path)), field) == given
+    with pytest.raises(ConfigError, match=field):
+        cli_flags.config_from_args(parse([*base, flag, "1"]), str(tmp_path))
 
 
 def test_compile_writes_the_yaml_with_the_image(tmp_path):

@@ -68,6 +68,8 @@ def add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
                    help="what picks the best epoch and stops training: eval loss, or eval macro recall")
     p.add_argument("--ema-momentum", type=float, default=PipelineConfig.ema_momentum,
                    help="score and export an exponential moving average of the weights (0.98: about 50 steps); 0 = off")
+    p.add_argument("--label-smoothing", type=float, default=PipelineConfig.label_smoothing,
+                   help="soften the training targets (0.1: the true class gets 0.933 of 3); 0 = off")
     p.add_argument("--resample", choices=RESAMPLE_MODES, default="none")
     p.add_argument("--no-class-weights", action="store_true", help="train without inverse-frequency weights")
     p.add_argument("--balance-by", choices=("age_group", "source"), default="",
@@ -158,7 +160,7 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
         resize_mode=args.resize_mode, weight_decay=args.weight_decay,
         early_stopping_metric=args.early_stopping_metric, deterministic=args.deterministic,
-        ema_momentum=args.ema_momentum,
+        ema_momentum=args.ema_momentum, label_smoothing=args.label_smoothing,
         balance_by=args.balance_by,
         augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,
         model_name=args.model_name, keep_versions=args.keep, vertex_model=args.vertex_model,

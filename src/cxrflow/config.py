@@ -104,6 +104,10 @@ class PipelineConfig:
     # point below, 0.98 kept or raised macro and COVID recall on every seed of `make quality`
     # (bench/README.md, 2026-12-03, arm E + operating point).
     ema_momentum: float = 0.98
+    # Softens the one-hot training targets: the true class gets 1 - s + s/K, each other s/K
+    # (trainer/losses.py). 0 = plain cross-entropy. The eval loss that picks the best epoch is
+    # the smoothed one too.
+    label_smoothing: float = 0.0
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 42
     # Same seed, same weights on CPU: TF op determinism in the Trainer and a content-defined
@@ -175,6 +179,8 @@ class PipelineConfig:
             raise ConfigError(f"weight_decay must be 0 or more, got {self.weight_decay}")
         if not 0 <= self.ema_momentum < 1:
             raise ConfigError(f"ema_momentum must be 0 (off) or lie below 1, got {self.ema_momentum}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be 0 (off) or lie below 1, got {self.label_smoothing}")
         if not 16 <= self.image_size <= 2048:
             raise ConfigError(f"image_size must be between 16 and 2048, got {self.image_size}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -279,8 +285,9 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
                  "work_dir"),
     "trainer": ("classes", "views", "image_size", "normalization", "resize_mode", "resample", "class_weights",
                 "model", "weights", "epochs", "batch_size", "learning_rate", "weight_decay",
-                "early_stopping_patience", "early_stopping_metric", "ema_momentum", "augmentation", "seed",
-                "deterministic", "operating_point", "operating_max_offset", "tta", "beam_args", "work_dir"),
+                "early_stopping_patience", "early_stopping_metric", "ema_momentum", "label_smoothing",
+                "augmentation", "seed", "deterministic", "operating_point", "operating_max_offset", "tta",
+                "beam_args", "work_dir"),
     "served_model": ("serving_dir", "model_name"),
     "evaluator": ("classes", "image_size", "batch_size", "tta", "seed", "beam_args", "min_recall",
                   "min_macro_recall", "max_regression", "blessing_rule", "probe_margin", "probe_max_macro_recall",

@@ -96,12 +96,13 @@ def optimizer_for(config: PipelineConfig, learning_rate):
 
 def run_fn(fn_args: FnArgs) -> dict:
     """Trains (resuming if the working dir holds a backup) and exports the SavedModel."""
-    import keras  # lazy (these seven): Keras, TFT and the TF-bound trainer package only when training runs
+    import keras  # lazy (these eight): Keras, TFT and the TF-bound trainer package only when training runs
     import tensorflow_transform as tft
 
     from cxrflow.trainer import data
     from cxrflow.trainer.checkpoints import AveragedEvaluation, ResumableTraining
     from cxrflow.trainer.export import export_serving_model
+    from cxrflow.trainer.losses import training_loss
     from cxrflow.trainer.models import build_model, set_backbone_trainable
     from cxrflow.trainer.training_metrics import MacroRecall
 
@@ -146,7 +147,7 @@ def run_fn(fn_args: FnArgs) -> dict:
         )
         model.compile(
             optimizer=optimizer_for(config, schedule),
-            loss="sparse_categorical_crossentropy",
+            loss=training_loss(config),
             metrics=["accuracy", MacroRecall(len(config.classes))],
         )
         if phase["name"] == "finetune" and os.path.exists(best_path):
@@ -204,6 +205,7 @@ def run_fn(fn_args: FnArgs) -> dict:
         "best_tie_break_score": best_tie if math.isfinite(best_tie) else None,
         "weight_decay": config.weight_decay,
         "ema_momentum": config.ema_momentum,
+        "label_smoothing": config.label_smoothing,
         "deterministic": config.deterministic,
         "trained_on": fn_args.trained_on,
         "operating_point": operating,
