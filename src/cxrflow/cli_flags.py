@@ -11,6 +11,7 @@ import os
 
 from cxrflow.config import (
     BLESSING_RULES,
+    CNN_NORMS,
     DEFAULT_CLASSES,
     EARLY_STOPPING_METRICS,
     MODELS,
@@ -70,6 +71,12 @@ def add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
                    help="score and export an exponential moving average of the weights (0.98: about 50 steps); 0 = off")
     p.add_argument("--label-smoothing", type=float, default=PipelineConfig.label_smoothing,
                    help="soften the training targets (0.1: the true class gets 0.933 of 3); 0 = off")
+    p.add_argument("--dropout", type=float, default=PipelineConfig.dropout,
+                   help="dropout before the classification head")
+    p.add_argument("--cnn-norm", choices=CNN_NORMS, default=PipelineConfig.cnn_norm,
+                   help="normalisation in the custom CNN's conv blocks (group: GroupNorm, batch-size independent)")
+    p.add_argument("--warmup-epochs", type=int, default=PipelineConfig.warmup_epochs,
+                   help="epochs of linear learning-rate warmup before the cosine decay; 0 = off")
     p.add_argument("--resample", choices=RESAMPLE_MODES, default="none")
     p.add_argument("--no-class-weights", action="store_true", help="train without inverse-frequency weights")
     p.add_argument("--balance-by", choices=("age_group", "source"), default="",
@@ -161,7 +168,7 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         resize_mode=args.resize_mode, weight_decay=args.weight_decay,
         early_stopping_metric=args.early_stopping_metric, deterministic=args.deterministic,
         ema_momentum=args.ema_momentum, label_smoothing=args.label_smoothing,
-        balance_by=args.balance_by,
+        dropout=args.dropout, cnn_norm=args.cnn_norm, warmup_epochs=args.warmup_epochs, balance_by=args.balance_by,
         augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,
         model_name=args.model_name, keep_versions=args.keep, vertex_model=args.vertex_model,
         vertex_project=args.vertex_project, vertex_region=args.vertex_region, vertex_endpoint=args.vertex_endpoint,

@@ -17,6 +17,9 @@ BALANCE_BY = ("", "age_group", "source")  # nuisance variables Resample can bala
 NORMALIZATIONS = ("unit", "zscore")
 BLESSING_RULES = ("bootstrap", "point")
 RESIZE_MODES = ("stretch", "pad")
+# Normalisation inside the custom CNN's conv blocks: none, or GroupNorm (per image, so it does
+# not depend on the batch size the way BatchNorm does; models.py).
+CNN_NORMS = ("none", "group")
 EARLY_STOPPING_METRICS = ("val_loss", "val_macro_recall")  # the second is maximised
 
 
@@ -108,6 +111,12 @@ class PipelineConfig:
     # (trainer/losses.py). 0 = plain cross-entropy. The eval loss that picks the best epoch is
     # the smoothed one too.
     label_smoothing: float = 0.0
+    # Dropout before the classification head (every model family).
+    dropout: float = 0.3
+    # "group": GroupNorm (8 groups) after each conv of the custom CNN; "none": plain conv + ReLU.
+    cnn_norm: str = "none"
+    # Epochs over which the learning rate rises linearly from 0 before the cosine decay; 0 = off.
+    warmup_epochs: int = 0
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 42
     # Same seed, same weights on CPU: TF op determinism in the Trainer and a content-defined
@@ -181,6 +190,15 @@ class PipelineConfig:
             raise ConfigError(f"ema_momentum must be 0 (off) or lie below 1, got {self.ema_momentum}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be 0 (off) or lie below 1, got {self.label_smoothing}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.cnn_norm not in CNN_NORMS:
+            raise ConfigError(f"cnn_norm must be one of {CNN_NORMS}, got {self.cnn_norm!r}")
+        if self.cnn_norm != "none" and self.model != "cnn":
+            raise ConfigError(f"cnn_norm {self.cnn_norm} applies to the custom CNN only, not to {self.model}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"warmup_epochs must be 0 (off) or fewer than epochs ({self.epochs}), "
+                              f"got {self.warmup_epochs}")
         if not 16 <= self.image_size <= 2048:
             raise ConfigError(f"image_size must be between 16 and 2048, got {self.image_size}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -286,7 +304,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "trainer": ("classes", "views", "image_size", "normalization", "resize_mode", "resample", "class_weights",
                 "model", "weights", "epochs", "batch_size", "learning_rate", "weight_decay",
                 "early_stopping_patience", "early_stopping_metric", "ema_momentum", "label_smoothing",
-                "augmentation", "seed", "deterministic", "operating_point", "operating_max_offset", "tta",
+                "dropout", "cnn_norm", "warmup_epochs", "augmentation", "seed", "deterministic", "operating_point", "operating_max_offset", "tta",
                 "beam_args", "work_dir"),
     "served_model": ("serving_dir", "model_name"),
     "evaluator": ("classes", "image_size", "batch_size", "tta", "seed", "beam_args", "min_recall",

@@ -81,6 +81,19 @@ def _phases(config: PipelineConfig) -> list[dict]:
     ]
 
 
+def learning_rate_schedule(peak: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0):
+    """Cosine decay from `peak` to 5% of it over the phase; with `warmup_epochs`, a linear rise
+    from 0 to `peak` over that many epochs first (at most all but the phase's last epoch), and
+    the decay over the rest."""
+    import keras  # lazy: a Trainer reused from the stage cache never loads Keras
+
+    warmup = min(warmup_epochs, epochs - 1) * steps_per_epoch
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=epochs * steps_per_epoch, alpha=0.05)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=epochs * steps_per_epoch - warmup, alpha=0.05,
+                                                  warmup_target=peak, warmup_steps=warmup)
+
+
 def optimizer_for(config: PipelineConfig, learning_rate):
     """AdamW with the config's decoupled weight decay, which Keras scales by the learning rate
     (each step shrinks a weight by learning_rate * weight_decay). Biases and normalisation
@@ -131,7 +144,8 @@ def run_fn(fn_args: FnArgs) -> dict:
     )
 
     with _strategy().scope():
-        model = build_model(config.model, config.image_size, len(config.classes), config.weights, config.seed)
+        model = build_model(config.model, config.image_size, len(config.classes), config.weights, config.seed,
+                            dropout=config.dropout, norm=config.cnn_norm)
 
     best_path = os.path.join(fn_args.model_run_dir, "best.weights.h5")
     history: list[dict] = []
@@ -141,10 +155,7 @@ def run_fn(fn_args: FnArgs) -> dict:
     tie_break = "val_loss" if config.early_stopping_metric != "val_loss" else None
     for phase in _phases(config):
         set_backbone_trainable(model, phase["unfreeze"])
-        schedule = keras.optimizers.schedules.CosineDecay(
-            phase["lr"], decay_steps=phase["epochs"] * steps_per_epoch, alpha=0.05,
-            warmup_target=None,
-        )
+        schedule = learning_rate_schedule(phase["lr"], phase["epochs"], steps_per_epoch, config.warmup_epochs)
         model.compile(
             optimizer=optimizer_for(config, schedule),
             loss=training_loss(config),
@@ -206,6 +217,9 @@ def run_fn(fn_args: FnArgs) -> dict:
         "weight_decay": config.weight_decay,
         "ema_momentum": config.ema_momentum,
         "label_smoothing": config.label_smoothing,
+        "dropout": config.dropout,
+        "cnn_norm": config.cnn_norm,
+        "warmup_epochs": config.warmup_epochs,
         "deterministic": config.deterministic,
         "trained_on": fn_args.trained_on,
         "operating_point": operating,

@@ -17,6 +17,7 @@ BACKBONE_LAYER_NAME = "backbone"
 # Every model family ends in this GlobalAveragePooling2D: its input is the last conv feature map
 # (Grad-CAM) and its output the penultimate embedding (t-SNE); export.py finds both by this name.
 FEATURE_LAYER = "gap"
+GROUPS = 8  # GroupNorm groups: 2-32 channels each over the CNN's 16-256 filters
 
 
 @keras.saving.register_keras_serializable(package="cxrflow")
@@ -30,36 +31,42 @@ class PerImageStandardization(keras.layers.Layer):
         return (images - mean) / keras.ops.maximum(std, 1e-3)
 
 
-def build_cnn(image_size: int, num_classes: int, seed: int = 0, dropout: float = 0.3) -> keras.Model:
+def build_cnn(image_size: int, num_classes: int, seed: int = 0, dropout: float = 0.3, norm: str = "none") -> keras.Model:
     """A compact CNN sized for grayscale chest X-rays from 32 to 2048 px.
 
     No BatchNorm: with the ~10-20 steps an epoch of small medical sets, batch statistics
     collapsed a CNN like this to one class; ReLU + He init + weight decay train stably here.
+    `norm="group"` puts GroupNorm between each conv and its ReLU instead: statistics per image
+    and channel group, so they do not depend on the batch size.
     A strided stem brings 512-px input down cheaply; pooling blocks stop at ~8x8 so deeper
     layers see the whole thorax.
     """
+    def conv(x, filters: int, kernel: int, name: str, init_seed: int, strides: int = 1):
+        grouped = norm == "group"
+        x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same",
+                                activation=None if grouped else "relu", use_bias=not grouped,
+                                kernel_initializer=keras.initializers.HeNormal(seed=init_seed), name=name)(x)
+        if not grouped:
+            return x
+        x = keras.layers.GroupNormalization(groups=min(GROUPS, filters), name=f"{name}_gn")(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(x)
+
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = PerImageStandardization(name="standardize")(inputs)
     size = image_size
     if image_size >= 256:
-        x = keras.layers.Conv2D(16, 5, strides=2, padding="same", activation="relu",
-                                kernel_initializer=keras.initializers.HeNormal(seed=seed), name="stem")(x)
+        x = conv(x, 16, 5, "stem", seed, strides=2)
         size //= 2
     filters = 16
     block = 0
     while size > 8 and block < 5:
         block += 1
         for j in range(2):
-            x = keras.layers.Conv2D(
-                filters, 3, padding="same", activation="relu",
-                kernel_initializer=keras.initializers.HeNormal(seed=seed + 10 * block + j),
-                name=f"block{block}_conv{j + 1}",
-            )(x)
+            x = conv(x, filters, 3, f"block{block}_conv{j + 1}", seed + 10 * block + j)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         size //= 2
         filters = min(filters * 2, 256)
-    x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
-                            kernel_initializer=keras.initializers.HeNormal(seed=seed + 99), name="last_conv")(x)
+    x = conv(x, filters, 3, "last_conv", seed + 99)
     x = keras.layers.GlobalAveragePooling2D(name=FEATURE_LAYER)(x)
     return keras.Model(inputs, _head(x, num_classes, seed, dropout), name="cxr_cnn")
 
@@ -172,7 +179,10 @@ def set_backbone_trainable(model: keras.Model, top_layers: int | str | None) -> 
             layer.trainable = False
 
 
-def build_model(name: str, image_size: int, num_classes: int, weights: str = "none", seed: int = 0) -> keras.Model:
+def build_model(name: str, image_size: int, num_classes: int, weights: str = "none", seed: int = 0,
+                dropout: float = 0.3, norm: str = "none") -> keras.Model:
     if name == "cnn":
-        return build_cnn(image_size, num_classes, seed)
-    return build_transfer(name, image_size, num_classes, weights, seed)
+        return build_cnn(image_size, num_classes, seed, dropout, norm)
+    if norm != "none":
+        raise ValueError(f"norm {norm!r} applies to the custom CNN only")
+    return build_transfer(name, image_size, num_classes, weights, seed, dropout)
