@@ -46,6 +46,7 @@ def test_operating_point_flags_reach_the_config(tmp_path, flags, expected):
 @pytest.mark.parametrize(("flag", "field", "default", "given"), [
     ("--ema-momentum", "ema_momentum", 0.98, 0.0),
     ("--label-smoothing", "label_smoothing", 0.0, 0.1),
+    ("--dropout", "dropout", 0.3, 0.5),
 ])
 def test_trainer_float_flags_reach_the_config_and_are_checked(tmp_path, flag, field, default, given):
     parse = cli.build_parser().parse_args
@@ -54,6 +55,17 @@ def test_trainer_float_flags_reach_the_config_and_are_checked(tmp_path, flag, fi
     assert getattr(cli_flags.config_from_args(parse([*base, flag, str(given)]), str(tmp_path)), field) == given
     with pytest.raises(ConfigError, match=field):
         cli_flags.config_from_args(parse([*base, flag, "1"]), str(tmp_path))
+
+
+def test_cnn_norm_and_warmup_flags_reach_the_config(tmp_path):
+    parse = cli.build_parser().parse_args
+    base = ["run", "--data", "folders:x", "--output", str(tmp_path)]
+    default = cli_flags.config_from_args(parse(base), str(tmp_path))
+    assert (default.cnn_norm, default.warmup_epochs) == ("none", 0)
+    config = cli_flags.config_from_args(parse([*base, "--cnn-norm", "group", "--warmup-epochs", "2"]), str(tmp_path))
+    assert (config.cnn_norm, config.warmup_epochs) == ("group", 2)
+    with pytest.raises(ConfigError, match="custom CNN only"):
+        cli_flags.config_from_args(parse([*base, "--cnn-norm", "group", "--model", "resnet50"]), str(tmp_path))
 
 
 def test_compile_writes_the_yaml_with_the_image(tmp_path):

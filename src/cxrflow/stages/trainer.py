@@ -172,6 +172,9 @@ def run_fn(fn_args: FnArgs) -> dict:
             # Resume backup, best checkpoint and early stopping, all written atomically: a
             # killed run resumes at its last finished epoch with its best score and patience.
             tracker,
+            # The rate the schedule reached at each epoch's end, into the history and the CSV log.
+            keras.callbacks.LambdaCallback(on_epoch_end=lambda _, logs: logs.update(
+                learning_rate=float(model.optimizer.learning_rate))),
             keras.callbacks.TensorBoard(os.path.join(fn_args.model_run_dir, "logs"), update_freq="epoch"),
             keras.callbacks.CSVLogger(os.path.join(fn_args.model_run_dir, f"history_{phase['name']}.csv"),
                                       append=True),
