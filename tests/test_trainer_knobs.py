@@ -33,8 +33,8 @@ def test_group_norm_normalises_each_image_and_channel_group_alone():
         conv = model.get_layer(name)
         assert conv.activation is keras.activations.linear and not conv.use_bias  # GroupNorm's beta is the bias
         assert isinstance(model.get_layer(f"{name}_gn"), keras.layers.GroupNormalization)
-    probe = keras.Model(model.inputs, [model.get_layer("block1_conv2").output, model.get_layer("block1_conv2_gn").output,
-                                       model.get_layer("block1_conv2_relu").output])
+    probe = keras.Model(model.inputs, [model.get_layer(name).output
+                                       for name in ("block1_conv2", "block1_conv2_gn", "block1_conv2_relu")])
     x = np.random.default_rng(3).random((4, 32, 32, 1), dtype=np.float32)
     conv, normed, relu = (np.asarray(t) for t in probe(x, training=True))
     # numpy: 16 channels in 8 groups of 2; mean and variance over height, width and the group's channels

@@ -13,13 +13,14 @@ import sys
 from collections.abc import Sequence
 
 from cxrflow.cli_flags import (
+    SHORTCUT_KNOBS,
     absolute_data,
     absolute_path,
     add_config_flags,
     add_shortcut_flags,
     config_from_args,
     csv_list,
-    shortcut_knobs,
+    knob_values,
 )
 from cxrflow.config import ConfigError, PipelineConfig
 from cxrflow.console import LOGS_DIR, StageFailed
@@ -138,7 +139,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         absolute_path(args.model), [absolute_data(d) for d in args.data], output, label=args.label,
         model_name=args.model_name, force=args.force, views=tuple(args.views), class_map=args.class_map,
         finding_map=args.finding_map, patient_map=absolute_path(args.patient_map), patient_pattern=args.patient_pattern,
-        batch_size=args.batch_size, seed=args.seed, beam_args=tuple(args.beam_arg), **shortcut_knobs(args))
+        batch_size=args.batch_size, seed=args.seed, beam_args=tuple(args.beam_arg), **knob_values(args, SHORTCUT_KNOBS))
     external = metrics["external"]
     print(f"external evaluation of {external['model_dir']} (trained on: {external['trained_on_text']})")
     print_metrics(metrics)

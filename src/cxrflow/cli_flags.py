@@ -23,6 +23,27 @@ from cxrflow.config import (
 )
 from cxrflow.version import image_uri
 
+# Config fields whose flag is the field's name with dashes and whose value reaches the config
+# as given: (field, help, extra add_argument options).
+TRAINER_KNOBS = (
+    ("weight_decay", "AdamW decoupled weight decay (each step shrinks weights by learning rate x this)", {}),
+    ("early_stopping_metric", "what picks the best epoch and stops training: eval loss, or eval macro recall",
+     {"choices": EARLY_STOPPING_METRICS}),
+    ("ema_momentum", "score and export an exponential moving average of the weights (0.98: about 50 steps); 0 = off",
+     {}),
+    ("label_smoothing", "soften the training targets (0.1: the true class gets 0.933 of 3); 0 = off", {}),
+    ("dropout", "dropout before the classification head", {}),
+    ("cnn_norm", "normalisation in the custom CNN's conv blocks (group: GroupNorm, batch-size independent)",
+     {"choices": CNN_NORMS}),
+    ("warmup_epochs", "epochs of linear learning-rate warmup before the cosine decay; 0 = off", {}),
+)
+SHORTCUT_KNOBS = (
+    ("lungs_hidden_fraction", "share of width and height hidden at the centre for the lungs-hidden test", {}),
+    ("lungs_hidden_margin", "warn when macro recall with the lungs hidden is this far above chance or more", {}),
+    ("probe_margin", "warn when the file-traits probe comes this close to the model's macro recall", {}),
+    ("probe_max_macro_recall", "warn when the file-traits probe's macro recall exceeds this", {}),
+)
+
 
 def csv_list(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
@@ -60,23 +81,9 @@ def add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=PipelineConfig.weight_decay,
-                   help="AdamW decoupled weight decay (each step shrinks weights by learning rate x this)")
     p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=PipelineConfig.deterministic,
                    help="same seed, same weights on CPU (TF op determinism; slower); --no-deterministic is faster")
-    p.add_argument("--early-stopping-metric", choices=EARLY_STOPPING_METRICS,
-                   default=PipelineConfig.early_stopping_metric,
-                   help="what picks the best epoch and stops training: eval loss, or eval macro recall")
-    p.add_argument("--ema-momentum", type=float, default=PipelineConfig.ema_momentum,
-                   help="score and export an exponential moving average of the weights (0.98: about 50 steps); 0 = off")
-    p.add_argument("--label-smoothing", type=float, default=PipelineConfig.label_smoothing,
-                   help="soften the training targets (0.1: the true class gets 0.933 of 3); 0 = off")
-    p.add_argument("--dropout", type=float, default=PipelineConfig.dropout,
-                   help="dropout before the classification head")
-    p.add_argument("--cnn-norm", choices=CNN_NORMS, default=PipelineConfig.cnn_norm,
-                   help="normalisation in the custom CNN's conv blocks (group: GroupNorm, batch-size independent)")
-    p.add_argument("--warmup-epochs", type=int, default=PipelineConfig.warmup_epochs,
-                   help="epochs of linear learning-rate warmup before the cosine decay; 0 = off")
+    add_knob_flags(p, TRAINER_KNOBS)
     p.add_argument("--resample", choices=RESAMPLE_MODES, default="none")
     p.add_argument("--no-class-weights", action="store_true", help="train without inverse-frequency weights")
     p.add_argument("--balance-by", choices=("age_group", "source"), default="",
@@ -118,19 +125,18 @@ def add_config_flags(p: argparse.ArgumentParser, data_required: bool) -> None:
 
 
 def add_shortcut_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lungs-hidden-fraction", type=float, default=PipelineConfig.lungs_hidden_fraction,
-                   help="share of width and height hidden at the centre for the lungs-hidden test")
-    p.add_argument("--lungs-hidden-margin", type=float, default=PipelineConfig.lungs_hidden_margin,
-                   help="warn when macro recall with the lungs hidden is this far above chance or more")
-    p.add_argument("--probe-margin", type=float, default=PipelineConfig.probe_margin,
-                   help="warn when the file-traits probe comes this close to the model's macro recall")
-    p.add_argument("--probe-max-macro-recall", type=float, default=PipelineConfig.probe_max_macro_recall,
-                   help="warn when the file-traits probe's macro recall exceeds this")
+    add_knob_flags(p, SHORTCUT_KNOBS)
 
 
-def shortcut_knobs(args: argparse.Namespace) -> dict:
-    return {"lungs_hidden_fraction": args.lungs_hidden_fraction, "lungs_hidden_margin": args.lungs_hidden_margin,
-            "probe_margin": args.probe_margin, "probe_max_macro_recall": args.probe_max_macro_recall}
+def add_knob_flags(p: argparse.ArgumentParser, knobs: tuple[tuple[str, str, dict], ...]) -> None:
+    """One flag per knob: `--field-name`, typed and defaulted as the config field is."""
+    for field, text, options in knobs:
+        default = getattr(PipelineConfig, field)
+        p.add_argument("--" + field.replace("_", "-"), type=type(default), default=default, help=text, **options)
+
+
+def knob_values(args: argparse.Namespace, knobs: tuple[tuple[str, str, dict], ...]) -> dict:
+    return {field: getattr(args, field) for field, _, _ in knobs}
 
 
 def min_recall_pairs(text: str, flag: str = "--min-recall") -> tuple[tuple[str, float], ...]:
@@ -165,10 +171,7 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         image_size=args.image_size, normalization=args.normalization,
         model=args.model, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, resample=args.resample, class_weights=not args.no_class_weights,
-        resize_mode=args.resize_mode, weight_decay=args.weight_decay,
-        early_stopping_metric=args.early_stopping_metric, deterministic=args.deterministic,
-        ema_momentum=args.ema_momentum, label_smoothing=args.label_smoothing,
-        dropout=args.dropout, cnn_norm=args.cnn_norm, warmup_epochs=args.warmup_epochs, balance_by=args.balance_by,
+        resize_mode=args.resize_mode, deterministic=args.deterministic, balance_by=args.balance_by,
         augmentation=Augmentation(flip=args.flip), tta=args.tta, serving_dir=serving_dir,
         model_name=args.model_name, keep_versions=args.keep, vertex_model=args.vertex_model,
         vertex_project=args.vertex_project, vertex_region=args.vertex_region, vertex_endpoint=args.vertex_endpoint,
@@ -178,7 +181,8 @@ def config_from_args(args: argparse.Namespace, output_dir: str | None = None) ->
         seed=args.seed, base_image=base_image_from_args(args), beam_args=tuple(args.beam_arg),
         trainer_resources=Resources(args.trainer_cpu, args.trainer_memory, args.trainer_accelerator,
                                     args.trainer_gpus),
-        default_resources=Resources(args.task_cpu, args.task_memory), **shortcut_knobs(args),
+        default_resources=Resources(args.task_cpu, args.task_memory), **knob_values(args, TRAINER_KNOBS),
+        **knob_values(args, SHORTCUT_KNOBS),
     )
 
 

@@ -31,7 +31,9 @@ class PerImageStandardization(keras.layers.Layer):
         return (images - mean) / keras.ops.maximum(std, 1e-3)
 
 
-def build_cnn(image_size: int, num_classes: int, seed: int = 0, dropout: float = 0.3, norm: str = "none") -> keras.Model:
+def build_cnn(
+    image_size: int, num_classes: int, seed: int = 0, dropout: float = 0.3, norm: str = "none"
+) -> keras.Model:
     """A compact CNN sized for grayscale chest X-rays from 32 to 2048 px.
 
     No BatchNorm: with the ~10-20 steps an epoch of small medical sets, batch statistics
