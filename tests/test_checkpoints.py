@@ -143,6 +143,33 @@ def test_a_maximised_monitor_keeps_the_highest_value_and_stops_after_patience(tm
     assert len(history.history["loss"]) == 4 and tracker.best == -0.7 and tracker.wait == 2
 
 
+def test_min_epochs_keeps_training_through_a_chance_level_start(tmp_path):
+    """The real seed-1 shape: epoch 1 at chance, then five epochs no better, then learning."""
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+    losses = [1.04, 1.09, 1.10, 1.10, 1.09, 1.06, 1.00, 0.95, 0.90, 0.85]
+
+    class _Losses(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = losses[epoch]
+
+    def run(name, min_epochs):
+        tracker = ResumableTraining(str(tmp_path / name), str(tmp_path / f"{name}.weights.h5"), patience=3,
+                                    min_epochs=min_epochs)
+        history = _model().fit(x, np.array([0, 1] * 4), epochs=10, verbose=0, callbacks=[_Losses(), tracker])
+        return len(history.history["loss"]), tracker
+
+    # Without the guard: epochs 2-4 are no better than epoch 1, patience 3 ends training there.
+    epochs, tracker = run("plain", 0)
+    assert (epochs, tracker.best_epoch, tracker.best) == (4, 1, 1.04)
+    # With it: no stop before epoch 8; epoch 7 beats epoch 1, and training runs on to the end.
+    epochs, tracker = run("guarded", 8)
+    assert (epochs, tracker.best_epoch, tracker.best) == (10, 10, 0.85)
+    # The guard only delays the stop: past min_epochs, a run that never improves stops at once.
+    losses[6:] = [1.2] * 4
+    epochs, tracker = run("late", 8)
+    assert (epochs, tracker.best_epoch) == (8, 1)
+
+
 class _RecallAndLoss(keras.callbacks.Callback):
     def __init__(self, recalls, losses):
         super().__init__()

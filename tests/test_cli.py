@@ -57,13 +57,14 @@ def test_trainer_float_flags_reach_the_config_and_are_checked(tmp_path, flag, fi
         cli_flags.config_from_args(parse([*base, flag, "1"]), str(tmp_path))
 
 
-def test_cnn_norm_and_warmup_flags_reach_the_config(tmp_path):
+def test_cnn_norm_warmup_and_min_epochs_flags_reach_the_config(tmp_path):
     parse = cli.build_parser().parse_args
     base = ["run", "--data", "folders:x", "--output", str(tmp_path)]
     default = cli_flags.config_from_args(parse(base), str(tmp_path))
-    assert (default.cnn_norm, default.warmup_epochs) == ("none", 0)
-    config = cli_flags.config_from_args(parse([*base, "--cnn-norm", "group", "--warmup-epochs", "2"]), str(tmp_path))
-    assert (config.cnn_norm, config.warmup_epochs) == ("group", 2)
+    assert (default.cnn_norm, default.warmup_epochs, default.early_stopping_min_epochs) == ("none", 0, 10)
+    config = cli_flags.config_from_args(parse([*base, "--cnn-norm", "group", "--warmup-epochs", "2",
+                                               "--early-stopping-min-epochs", "0"]), str(tmp_path))
+    assert (config.cnn_norm, config.warmup_epochs, config.early_stopping_min_epochs) == ("group", 2, 0)
     with pytest.raises(ConfigError, match="custom CNN only"):
         cli_flags.config_from_args(parse([*base, "--cnn-norm", "group", "--model", "resnet50"]), str(tmp_path))
 

@@ -85,6 +85,7 @@ def test_learning_rate_schedule_warms_up_linearly_then_decays_by_cosine(epochs, 
     ({"cnn_norm": "group", "model": "resnet50"}, "custom CNN only"),
     ({"warmup_epochs": 30}, "warmup_epochs"),
     ({"warmup_epochs": -1}, "warmup_epochs"),
+    ({"early_stopping_min_epochs": -1}, "early_stopping_min_epochs"),
 ])
 def test_config_refuses_bad_knob_values(fields, match):
     with pytest.raises(ConfigError, match=match):

@@ -27,6 +27,7 @@ from cxrflow.version import image_uri
 # as given: (field, help, extra add_argument options).
 TRAINER_KNOBS = (
     ("weight_decay", "AdamW decoupled weight decay (each step shrinks weights by learning rate x this)", {}),
+    ("early_stopping_min_epochs", "never stop early before this many epochs (of each phase); 0 = from the first", {}),
     ("early_stopping_metric", "what picks the best epoch and stops training: eval loss, or eval macro recall",
      {"choices": EARLY_STOPPING_METRICS}),
     ("ema_momentum", "score and export an exponential moving average of the weights (0.98: about 50 steps); 0 = off",

@@ -95,6 +95,10 @@ class PipelineConfig:
     # Keras' AdamW decays by learning_rate * weight_decay per step (decoupled), so 1e-4 was ~1e-7.
     weight_decay: float = 0.02
     early_stopping_patience: int = 6
+    # No early stop before this many epochs (of each training phase): the CNN can sit at chance for
+    # several epochs before it learns, and on the real X-rays (seed 1) the default's first better
+    # epoch was the 7th, one short of patience ending training on epoch 1's chance-level weights.
+    early_stopping_min_epochs: int = 10
     # What picks the best epoch and stops training: the eval split's loss, or its macro recall
     # (argmax decisions, trainer/training_metrics.py; ties to the lower loss, patience also reset
     # by a new loss low). Macro recall + the operating point matched the loss on 2 of 3 seeds of
@@ -196,6 +200,9 @@ class PipelineConfig:
             raise ConfigError(f"cnn_norm must be one of {CNN_NORMS}, got {self.cnn_norm!r}")
         if self.cnn_norm != "none" and self.model != "cnn":
             raise ConfigError(f"cnn_norm {self.cnn_norm} applies to the custom CNN only, not to {self.model}")
+        if self.early_stopping_min_epochs < 0:
+            raise ConfigError(f"early_stopping_min_epochs must be 0 (off) or more, "
+                              f"got {self.early_stopping_min_epochs}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ConfigError(f"warmup_epochs must be 0 (off) or fewer than epochs ({self.epochs}), "
                               f"got {self.warmup_epochs}")
@@ -303,9 +310,9 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
                  "work_dir"),
     "trainer": ("classes", "views", "image_size", "normalization", "resize_mode", "resample", "class_weights",
                 "model", "weights", "epochs", "batch_size", "learning_rate", "weight_decay",
-                "early_stopping_patience", "early_stopping_metric", "ema_momentum", "label_smoothing",
-                "dropout", "cnn_norm", "warmup_epochs", "augmentation", "seed", "deterministic", "operating_point",
-                "operating_max_offset", "tta", "beam_args", "work_dir"),
+                "early_stopping_patience", "early_stopping_min_epochs", "early_stopping_metric", "ema_momentum",
+                "label_smoothing", "dropout", "cnn_norm", "warmup_epochs", "augmentation", "seed", "deterministic",
+                "operating_point", "operating_max_offset", "tta", "beam_args", "work_dir"),
     "served_model": ("serving_dir", "model_name"),
     "evaluator": ("classes", "image_size", "batch_size", "tta", "seed", "beam_args", "min_recall",
                   "min_macro_recall", "max_regression", "blessing_rule", "probe_margin", "probe_max_macro_recall",

@@ -166,7 +166,8 @@ def run_fn(fn_args: FnArgs) -> dict:
         mode = "min" if config.early_stopping_metric == "val_loss" else "max"
         tracker = ResumableTraining(os.path.join(fn_args.model_run_dir, "backup", phase["name"]), best_path,
                                     monitor=config.early_stopping_metric, patience=config.early_stopping_patience,
-                                    initial_best=best, mode=mode, tie_break=tie_break, initial_tie=best_tie)
+                                    initial_best=best, mode=mode, tie_break=tie_break, initial_tie=best_tie,
+                                    min_epochs=config.early_stopping_min_epochs)
         callbacks = [
             AveragedEvaluation(),  # eval scores the averaged weights when ema_momentum is set; else a no-op
             # Resume backup, best checkpoint and early stopping, all written atomically: a
@@ -212,6 +213,7 @@ def run_fn(fn_args: FnArgs) -> dict:
         "eval_count": fn_args.eval_count,
         "class_weight": class_weight,
         "monitor": config.early_stopping_metric,
+        "early_stopping_min_epochs": config.early_stopping_min_epochs,
         # the best epoch's value of `monitor` (tracker.best is negated for a maximised metric)
         "best_score": (best if config.early_stopping_metric == "val_loss" else -best) if math.isfinite(best) else None,
         "best_epoch": best_epoch,  # the epoch whose weights were exported

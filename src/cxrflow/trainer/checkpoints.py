@@ -89,11 +89,16 @@ class ResumableTraining(keras.callbacks.Callback):
     for `patience` epochs. On a small eval split a recall can peak early by chance and then dip
     while the loss keeps falling (the synthetic demo: recall 0.74 at epoch 5, 1.0 from epoch 16),
     and a recall-only patience would end training on that early peak.
+
+    `min_epochs`: training is never stopped before this many epochs of the phase, however long
+    the wait; the best epoch is still tracked from the first. The CNN can sit at chance for
+    several epochs before it starts to learn (real X-rays, seed 1: epochs 2-6 no better than
+    epoch 1), and patience counted from a chance-level epoch 1 would end training there.
     """
 
     def __init__(self, backup_dir: str, best_path: str, monitor: str = "val_loss", patience: int = 6,
                  initial_best: float = math.inf, mode: str = "min", tie_break: str | None = None,
-                 initial_tie: float = math.inf) -> None:
+                 initial_tie: float = math.inf, min_epochs: int = 0) -> None:
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be min or max, got {mode!r}")
@@ -102,6 +107,7 @@ class ResumableTraining(keras.callbacks.Callback):
         self.monitor = monitor
         self.sign = 1.0 if mode == "min" else -1.0
         self.patience = patience
+        self.min_epochs = min_epochs
         self.best = float(initial_best)
         self.tie_break = tie_break
         self.best_tie = float(initial_tie)
@@ -155,7 +161,7 @@ class ResumableTraining(keras.callbacks.Callback):
         else:
             self.wait += 1
         self.lowest_tie = min(self.lowest_tie, tie)
-        stopped = self.wait >= self.patience
+        stopped = self.wait >= self.patience and epoch + 1 >= self.min_epochs
         self._save(epoch + 1, stopped)
         if stopped:
             self.model.stop_training = True
