@@ -115,7 +115,8 @@ class PipelineConfig:
     # (trainer/losses.py). 0 = plain cross-entropy. The eval loss that picks the best epoch is
     # the smoothed one too.
     label_smoothing: float = 0.0
-    # Dropout before the classification head (every model family).
+    # Dropout before the classification head (every model family). 0.5 lost two seeds of three
+    # of `make quality` (bench/README.md, 2026-12-03, fourth session).
     dropout: float = 0.3
     # "group": GroupNorm (8 groups) after each conv of the custom CNN; "none": plain conv + ReLU.
     cnn_norm: str = "none"
