@@ -4,11 +4,13 @@ warmup), each against a computation in numpy or a count worked out by hand."""
 import math
 import os
 
+import h5py
 import keras
 import numpy as np
 import pytest
 
 from cxrflow.config import ConfigError, PipelineConfig
+from cxrflow.stages.trainer import learning_rate_schedule, run_trainer
 from cxrflow.trainer.models import build_cnn, build_model
 from tests.conftest import read_json
 
@@ -66,8 +68,6 @@ def _numpy_schedule(step, peak, epochs, steps, warmup_epochs):
 
 @pytest.mark.parametrize(("epochs", "warmup"), [(30, 0), (30, 2), (3, 5)])
 def test_learning_rate_schedule_warms_up_linearly_then_decays_by_cosine(epochs, warmup):
-    from cxrflow.stages.trainer import learning_rate_schedule
-
     steps = 20
     schedule = learning_rate_schedule(1e-3, epochs, steps, warmup)
     for step in (0, 1, 19, 20, 39, 40, 41, 300, epochs * steps - 1, epochs * steps):
@@ -93,8 +93,6 @@ def test_config_refuses_bad_knob_values(fields, match):
 
 
 def test_trainer_runs_with_the_knobs_and_records_them(tiny_config, stage_dirs, transform_graph, resampled, tmp_path):
-    from cxrflow.stages.trainer import run_trainer
-
     config = tiny_config.replace(epochs=2, cnn_norm="group", warmup_epochs=1, dropout=0.5)
     run_dir = str(tmp_path / "run")
     run_trainer(config, stage_dirs["examples"], transform_graph, stage_dirs["resample"], str(tmp_path / "model"),
@@ -106,3 +104,9 @@ def test_trainer_runs_with_the_knobs_and_records_them(tiny_config, stage_dirs, t
     logged = [row["learning_rate"] for row in summary["history"]]
     want = [_numpy_schedule(s, config.learning_rate, 2, steps, 1) for s in (steps, 2 * steps)]
     np.testing.assert_allclose(logged, want, rtol=1e-4)
+    # The model trained is the GroupNorm one: its saved weights hold GroupNorm layers (Keras names
+    # them by class in the file), and no conv bias.
+    with h5py.File(os.path.join(run_dir, "best.weights.h5"), "r") as f:
+        layers = {name: set(f["layers"][name].get("vars", {})) for name in f["layers"]}
+    assert sum(name.startswith("group_normalization") for name in layers) == len(CONVS_AT_32)
+    assert all(variables == {"0"} for name, variables in layers.items() if name.startswith("conv2d"))
