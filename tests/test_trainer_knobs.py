@@ -3,6 +3,7 @@ warmup), each against a computation in numpy or a count worked out by hand."""
 
 import math
 import os
+from unittest import mock
 
 import h5py
 import keras
@@ -95,8 +96,16 @@ def test_config_refuses_bad_knob_values(fields, match):
 def test_trainer_runs_with_the_knobs_and_records_them(tiny_config, stage_dirs, transform_graph, resampled, tmp_path):
     config = tiny_config.replace(epochs=2, cnn_norm="group", warmup_epochs=1, dropout=0.5)
     run_dir = str(tmp_path / "run")
-    run_trainer(config, stage_dirs["examples"], transform_graph, stage_dirs["resample"], str(tmp_path / "model"),
-                run_dir)
+    built = []  # the model the Trainer really trains; dropout leaves no trace in saved weights
+
+    def keep(*args, **kwargs):
+        built.append(build_model(*args, **kwargs))
+        return built[-1]
+
+    with mock.patch("cxrflow.trainer.models.build_model", side_effect=keep):
+        run_trainer(config, stage_dirs["examples"], transform_graph, stage_dirs["resample"], str(tmp_path / "model"),
+                    run_dir)
+    assert [model.get_layer("dropout").rate for model in built] == [0.5]
     summary = read_json(os.path.join(run_dir, "training_summary.json"))
     assert (summary["cnn_norm"], summary["warmup_epochs"], summary["dropout"]) == ("group", 1, 0.5)
     # Keras logs the learning rate at each epoch's end: past the 1-epoch warmup, on the cosine.
