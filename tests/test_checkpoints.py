@@ -55,7 +55,7 @@ def test_resume_restores_epoch_weights_best_score_and_patience(tmp_path):
     at_kill = _killed_run(tmp_path)
     assert json.load(open(tmp_path / "b" / STATE / META)) == {"epoch": 3, "best": 0.5, "best_tie": float("inf"),
                                                                  "lowest_tie": float("inf"), "best_epoch": 2, "wait": 1,
-                                                                 "stopped": False}
+                                                                 "learned": True, "stopped": False}
     cb = ResumableTraining(str(tmp_path / "b"), str(tmp_path / "best.weights.h5"), patience=3)
     start = _RecordStart()
     history = _fit(_model(), [cb, start])
@@ -168,6 +168,60 @@ def test_min_epochs_keeps_training_through_a_chance_level_start(tmp_path):
     losses[6:] = [1.2] * 4
     epochs, tracker = run("late", 8)
     assert (epochs, tracker.best_epoch) == (8, 1)
+
+
+# The real seed 1 with stronger augmentation (rotation 10, zoom 0.16): epoch 1 at the class mix's
+# level, nine epochs at ln 3, learning from epoch 11. The eval split's no-skill loss is 1.013.
+CHANCE_START = [1.042, 1.097, 1.098, 1.097, 1.097, 1.100, 1.101, 1.099, 1.099, 1.100,
+                1.050, 0.990, 0.900, 0.850, 0.800, 0.820, 0.830, 0.840, 0.850, 0.860, 0.870, 0.880]
+
+
+def _chance_run(tmp_path, name, no_skill, kill_at=None):
+    x = np.random.default_rng(0).random((8, 4), dtype=np.float32)
+
+    class _Losses(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = CHANCE_START[epoch]
+            if epoch + 1 == kill_at:
+                raise KeyboardInterrupt
+
+    tracker = ResumableTraining(str(tmp_path / name), str(tmp_path / f"{name}.weights.h5"), patience=6,
+                                min_epochs=10, no_skill_loss=no_skill)
+    history = _model().fit(x, np.array([0, 1] * 4), epochs=len(CHANCE_START), verbose=0,
+                           callbacks=[_Losses(), tracker])
+    return len(history.history["loss"]), tracker
+
+
+def test_patience_waits_until_the_eval_loss_beats_the_no_skill_loss(tmp_path):
+    # The floor alone: epoch 1 stays best through epoch 10, patience is spent, training ends there.
+    epochs, tracker = _chance_run(tmp_path, "floor_only", float("inf"))
+    assert (epochs, tracker.best_epoch, tracker.learned) == (10, 1, True)
+    # With the check: no wait counts until epoch 12 (0.990 < 1.013); the best is epoch 15 (0.800),
+    # and six epochs without a better one end training at epoch 21.
+    epochs, tracker = _chance_run(tmp_path, "checked", 1.013)
+    assert (epochs, tracker.best_epoch, tracker.best, tracker.learned) == (21, 15, 0.8, True)
+
+
+def test_a_run_that_never_beats_the_no_skill_loss_trains_to_the_end_and_says_so(tmp_path):
+    epochs, tracker = _chance_run(tmp_path, "never", 0.5)
+    assert (epochs, tracker.learned, tracker.wait) == (len(CHANCE_START), False, 0)
+
+
+def test_whether_the_model_has_learned_survives_a_resume(tmp_path):
+    try:
+        _chance_run(tmp_path, "resumed", 1.013, kill_at=14)  # epochs 1-13 saved; learned at epoch 12
+    except KeyboardInterrupt:
+        pass
+    assert json.load(open(tmp_path / "resumed" / STATE / META))["learned"] is True
+    restored = ResumableTraining(str(tmp_path / "resumed"), str(tmp_path / "resumed.weights.h5"), patience=6,
+                                 min_epochs=10, no_skill_loss=1.013)
+    restored.set_model(_model())
+    restored.set_params({"epochs": len(CHANCE_START)})
+    restored.on_train_begin()
+    assert (restored.learned, restored.resumed_from_epoch) == (True, 13)
+    # Resumed, the run stops where the unkilled one stops (epoch 21), with the same best.
+    epochs, tracker = _chance_run(tmp_path, "resumed", 1.013)
+    assert (epochs, tracker.best_epoch, tracker.best) == (21 - 13, 15, 0.8)
 
 
 class _RecallAndLoss(keras.callbacks.Callback):

@@ -191,7 +191,7 @@ def test_progress_prints_only_when_the_parent_asks(monkeypatch, capsys):
     assert sum(e.get("add", 0) for e in lines) == 5  # throttled, yet every item counted
 
 
-def test_warnings_block_gathers_shortcut_confounding_and_blessing(tmp_path):
+def test_warnings_block_gathers_training_shortcut_confounding_and_blessing(tmp_path):
     assert warnings_block(str(tmp_path)) == []  # nothing written yet: nothing to say
     write_json(
         str(tmp_path / "metrics.json"),
@@ -202,7 +202,9 @@ def test_warnings_block_gathers_shortcut_confounding_and_blessing(tmp_path):
         str(tmp_path / "blessing.json"),
         {"blessed": False, "reasons": ["macro_recall = 0.850 >= 0.800", "recall:covid = 0.700 < 0.900"]},
     )
+    write_json(str(tmp_path / "training_summary.json"), {"learned": False, "warnings": ["learned nothing usable"]})
     assert warnings_block(str(tmp_path)) == [
+        "training: learned nothing usable",
         "shortcut: file traits alone score 0.9",
         "confounding: covid comes from one source",
         "not blessed: recall:covid = 0.700 < 0.900",

@@ -97,7 +97,8 @@ def fake_run_dir(root, with_optional: bool = True) -> str:
         for e in range(5)
     ]
     history += [{**h, "phase": "finetune"} for h in history[:2]]
-    write_json(os.path.join(root, "training_summary.json"), {"model": "cnn", "epochs_run": 7, "history": history})
+    write_json(os.path.join(root, "training_summary.json"), {"model": "cnn", "epochs_run": 7, "history": history,
+                                                                    "warnings": ["learned nothing usable"]})
     gray_png(os.path.join(root, "confusion_matrix.png"))
     plot_roc(labels, probs, CLASSES, os.path.join(root, ROC_PNG))
     gray_png(os.path.join(root, "tsne.png"))
@@ -169,7 +170,8 @@ def test_report_has_every_section_inline_images_and_escaped_text(tmp_path):
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     lo, hi = metrics["ci95"]["covid"]["recall"]
     assert f"[{lo:.3f}, {hi:.3f}]" in html
-    for text in ("view=AP", "unreadable", "duplicates removed: 3", "source=", "finetune (2 epochs)"):
+    for text in ("view=AP", "unreadable", "duplicates removed: 3", "source=", "finetune (2 epochs)",
+                 '<p class="note">learned nothing usable</p>'):
         assert text in html, text
     assert "not found" not in html
 

@@ -9,6 +9,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from sklearn.metrics import log_loss
 
 from cxrflow.config import ConfigError, PipelineConfig
 from cxrflow.stages.trainer import learning_rate_schedule, run_trainer
@@ -108,6 +109,13 @@ def test_trainer_runs_with_the_knobs_and_records_them(tiny_config, stage_dirs, t
     assert [model.get_layer("dropout").rate for model in built] == [0.5]
     summary = read_json(os.path.join(run_dir, "training_summary.json"))
     assert (summary["cnn_norm"], summary["warmup_epochs"], summary["dropout"]) == ("group", 1, 0.5)
+    # The no-skill eval loss, from the eval split's class counts: sklearn's log loss of the mix
+    eval_counts = read_json(os.path.join(stage_dirs["examples"], "ingest_report.json"))["splits"]["eval"]
+    labels = np.repeat(np.arange(3), [eval_counts.get(c, 0) for c in config.classes])
+    mix = np.bincount(labels, minlength=3) / len(labels)
+    assert summary["no_skill_loss"] == pytest.approx(log_loss(labels, np.tile(mix, (len(labels), 1))), rel=1e-9)
+    learned = min(row["val_loss"] for row in summary["history"]) < summary["no_skill_loss"]
+    assert summary["learned"] is learned and bool(summary["warnings"]) is not learned
     # Keras logs the learning rate at each epoch's end: past the 1-epoch warmup, on the cosine.
     steps = summary["steps_per_epoch"]
     logged = [row["learning_rate"] for row in summary["history"]]

@@ -138,11 +138,14 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def warnings_block(output_dir: str) -> list[str]:
-    """One short list of what a reader must not miss: shortcut, confounding and blessing warnings."""
+    """One short list of what a reader must not miss: training, shortcut, confounding and blessing
+    warnings."""
     metrics = _read_json(os.path.join(output_dir, "metrics.json")) or {}
+    training = _read_json(os.path.join(output_dir, "training_summary.json")) or {}
     ingest = _read_json(os.path.join(output_dir, "ingest_report.json")) or {}
     blessing = _read_json(os.path.join(output_dir, "blessing.json")) or {}
-    found = [f"shortcut: {w}" for w in _texts(metrics.get("shortcut"))]
+    found = [f"training: {w}" for w in _texts(training.get("warnings"))]
+    found += [f"shortcut: {w}" for w in _texts(metrics.get("shortcut"))]
     found += [f"confounding: {w}" for w in _texts((ingest.get("confounding") or {}).get("warnings"))]
     if blessing and not blessing.get("blessed"):
         reasons = [str(r) for r in blessing.get("reasons", [])]

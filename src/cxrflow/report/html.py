@@ -185,6 +185,7 @@ def _training_section(run_dir: str) -> str:
     if len(phases) > 1:
         facts += "; phases: " + ", ".join(f"{name} ({n} epochs)" for name, n in phases.items())
     out = [f'<p class="meta">{escape(facts)}</p>' if facts else ""]
+    out.extend(_note(str(w)) for w in summary.get("warnings") or [])
     if not history:
         out.append(_note("training_summary.json has no per-epoch history: no training curves"))
     else:

@@ -43,6 +43,8 @@ class FnArgs:
     config: PipelineConfig
     # What the model learned from, recorded in its metadata: {"sources": [...], "counts": {class: n}}
     trained_on: dict = field(default_factory=dict)
+    # Eval films per class name (ExampleGen's report): the no-skill loss patience waits for
+    eval_class_counts: dict = field(default_factory=dict)
 
 
 def _strategy():
@@ -115,7 +117,7 @@ def run_fn(fn_args: FnArgs) -> dict:
     from cxrflow.trainer import data
     from cxrflow.trainer.checkpoints import AveragedEvaluation, ResumableTraining
     from cxrflow.trainer.export import export_serving_model
-    from cxrflow.trainer.losses import training_loss
+    from cxrflow.trainer.losses import no_skill_loss, training_loss
     from cxrflow.trainer.models import build_model, set_backbone_trainable
     from cxrflow.trainer.training_metrics import MacroRecall
 
@@ -151,6 +153,10 @@ def run_fn(fn_args: FnArgs) -> dict:
     history: list[dict] = []
     # One best across phases: fine-tuning replaces the head's best only with a better one.
     best, best_tie, best_epoch = math.inf, math.inf, None
+    # Patience waits until the eval loss beats always predicting the eval class mix.
+    skill_floor = (no_skill_loss([fn_args.eval_class_counts.get(c, 0) for c in config.classes], config.label_smoothing)
+                   if fn_args.eval_class_counts else math.inf)
+    learned = False
     # Macro recall moves in whole films on a small eval split; equal recalls go to the lower loss.
     tie_break = "val_loss" if config.early_stopping_metric != "val_loss" else None
     for phase in _phases(config):
@@ -167,7 +173,8 @@ def run_fn(fn_args: FnArgs) -> dict:
         tracker = ResumableTraining(os.path.join(fn_args.model_run_dir, "backup", phase["name"]), best_path,
                                     monitor=config.early_stopping_metric, patience=config.early_stopping_patience,
                                     initial_best=best, mode=mode, tie_break=tie_break, initial_tie=best_tie,
-                                    min_epochs=config.early_stopping_min_epochs)
+                                    min_epochs=config.early_stopping_min_epochs, no_skill_loss=skill_floor,
+                                    learned=learned)
         callbacks = [
             AveragedEvaluation(),  # eval scores the averaged weights when ema_momentum is set; else a no-op
             # Resume backup, best checkpoint and early stopping, all written atomically: a
@@ -190,9 +197,15 @@ def run_fn(fn_args: FnArgs) -> dict:
             {"phase": phase["name"], "epoch": i + 1, **{k: float(v[i]) for k, v in fit.history.items()}}
             for i in range(len(fit.history.get("loss", [])))
         ]
-        best, best_tie = tracker.best, tracker.best_tie
+        best, best_tie, learned = tracker.best, tracker.best_tie, tracker.learned
         if tracker.best_epoch is not None:  # this phase beat the earlier phases' best
             best_epoch = {"phase": phase["name"], "epoch": tracker.best_epoch}
+    warnings = [] if learned else [
+        f"the eval loss never went below {skill_floor:.3f}, the loss of always predicting the eval split's "
+        f"class mix, in {len(history)} epochs: the model learned nothing usable (try more epochs or another "
+        "learning rate)"]
+    for warning in warnings:
+        log.warning("trainer: %s", warning)
     if os.path.exists(best_path):
         model.load_weights(best_path)  # early stopping keeps the best epoch, not the last
     operating = set_operating_point(model, eval_ds, data.steps(fn_args.eval_count, config.batch_size), config)
@@ -214,6 +227,9 @@ def run_fn(fn_args: FnArgs) -> dict:
         "class_weight": class_weight,
         "monitor": config.early_stopping_metric,
         "early_stopping_min_epochs": config.early_stopping_min_epochs,
+        "no_skill_loss": skill_floor if math.isfinite(skill_floor) else None,
+        "learned": learned,
+        "warnings": warnings,
         # the best epoch's value of `monitor` (tracker.best is negated for a maximised metric)
         "best_score": (best if config.early_stopping_metric == "val_loss" else -best) if math.isfinite(best) else None,
         "best_epoch": best_epoch,  # the epoch whose weights were exported
@@ -305,6 +321,7 @@ def run_trainer(
         class_weights=resample["class_weights"],
         config=config,
         trained_on=trained_on(report, resample),
+        eval_class_counts=dict(report["splits"]["eval"]),
     )
     summary = run_fn(args)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}))

@@ -94,11 +94,20 @@ class ResumableTraining(keras.callbacks.Callback):
     the wait; the best epoch is still tracked from the first. The CNN can sit at chance for
     several epochs before it starts to learn (real X-rays, seed 1: epochs 2-6 no better than
     epoch 1), and patience counted from a chance-level epoch 1 would end training there.
+
+    `no_skill_loss`: patience does not count until an epoch's eval loss (`val_loss`, whatever
+    the monitor) goes below it: the eval loss of always predicting the eval split's class mix
+    (`trainer/losses.py`). Until then the model has learned nothing, and an epoch "better" than
+    a chance-level one is no evidence that training is done (stronger augmentation kept the real
+    seed 1 at chance past epoch 10, and the floor alone ended it there: macro recall 0.333).
+    `learned` says whether some epoch (of this or, passed in, an earlier phase) got below it;
+    math.inf (the default) counts from the first epoch, as without the check.
     """
 
     def __init__(self, backup_dir: str, best_path: str, monitor: str = "val_loss", patience: int = 6,
                  initial_best: float = math.inf, mode: str = "min", tie_break: str | None = None,
-                 initial_tie: float = math.inf, min_epochs: int = 0) -> None:
+                 initial_tie: float = math.inf, min_epochs: int = 0, no_skill_loss: float = math.inf,
+                 learned: bool = False) -> None:
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be min or max, got {mode!r}")
@@ -108,6 +117,8 @@ class ResumableTraining(keras.callbacks.Callback):
         self.sign = 1.0 if mode == "min" else -1.0
         self.patience = patience
         self.min_epochs = min_epochs
+        self.no_skill_loss = float(no_skill_loss)
+        self.learned = learned or not math.isfinite(self.no_skill_loss)
         self.best = float(initial_best)
         self.tie_break = tie_break
         self.best_tie = float(initial_tie)
@@ -137,6 +148,7 @@ class ResumableTraining(keras.callbacks.Callback):
         # absent from backups written before tie-breaks
         self.best_tie, self.lowest_tie = meta.get("best_tie", math.inf), meta.get("lowest_tie", math.inf)
         self.best_epoch = meta.get("best_epoch")
+        self.learned = meta.get("learned", True)  # absent from backups written before the no-skill check
         self.resumed_from_epoch = meta["epoch"]
         # What Keras' own BackupAndRestore sets too; a run that had already stopped early (or
         # finished) skips the epoch loop entirely.
@@ -161,6 +173,10 @@ class ResumableTraining(keras.callbacks.Callback):
         else:
             self.wait += 1
         self.lowest_tie = min(self.lowest_tie, tie)
+        loss = logs.get("val_loss")
+        self.learned = self.learned or (loss is not None and float(loss) < self.no_skill_loss)
+        if not self.learned:
+            self.wait = 0  # still at chance: patience waits for the model to learn something
         stopped = self.wait >= self.patience and epoch + 1 >= self.min_epochs
         self._save(epoch + 1, stopped)
         if stopped:
@@ -175,7 +191,7 @@ class ResumableTraining(keras.callbacks.Callback):
         with open(os.path.join(tmp, META), "w") as f:
             json.dump({"epoch": epoch, "best": self.best, "best_tie": self.best_tie,
                        "lowest_tie": self.lowest_tie, "best_epoch": self.best_epoch, "wait": self.wait,
-                       "stopped": stopped}, f)
+                       "learned": self.learned, "stopped": stopped}, f)
         current, old = os.path.join(self.backup_dir, STATE), os.path.join(self.backup_dir, STATE + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if os.path.exists(current):

@@ -1,8 +1,10 @@
-"""The Trainer's loss: cross-entropy on integer labels, with optional label smoothing."""
+"""The Trainer's loss: cross-entropy on integer labels, with optional label smoothing; and the
+loss a model that learned nothing reaches on the eval split."""
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from cxrflow.config import PipelineConfig
@@ -26,3 +28,20 @@ def training_loss(config: PipelineConfig):
         return keras.losses.categorical_crossentropy(labels, y_pred, label_smoothing=label_smoothing)
 
     return smoothed_crossentropy
+
+
+def no_skill_loss(class_counts, label_smoothing: float = 0.0) -> float:
+    """The eval loss of the best constant prediction: the eval split's class mix for every film.
+
+    `class_counts` are the eval split's films per class, in class order. Cross-entropy of a
+    constant prediction c against targets q_i, averaged, is -sum_k mean(q)_k log c_k, lowest at
+    c = mean(q), where it equals the entropy of mean(q). With label smoothing s over K classes,
+    mean(q) = (1 - s) * mix + s / K. The eval loss is unweighted (class weights apply to
+    training only), so this is the level a model's eval loss must beat to have learned anything.
+    """
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        raise ValueError(f"no eval films to compute a no-skill loss from: {list(class_counts)}")
+    mean_target = (1 - label_smoothing) * counts / counts.sum() + label_smoothing / len(counts)
+    present = mean_target[mean_target > 0]
+    return float(-(present * np.log(present)).sum())
