@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import scipy.stats
 from keras import ops
 
 from cxrflow.config import PipelineConfig
@@ -43,5 +44,4 @@ def no_skill_loss(class_counts, label_smoothing: float = 0.0) -> float:
     if counts.sum() <= 0:
         raise ValueError(f"no eval films to compute a no-skill loss from: {list(class_counts)}")
     mean_target = (1 - label_smoothing) * counts / counts.sum() + label_smoothing / len(counts)
-    present = mean_target[mean_target > 0]
-    return float(-(present * np.log(present)).sum())
+    return float(scipy.stats.entropy(mean_target))  # natural log, as Keras' cross-entropy; 0 log 0 = 0
