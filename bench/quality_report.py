@@ -8,6 +8,7 @@ import math
 import os
 
 import numpy as np
+from scipy.stats import binom
 
 TARGETS = {"macro_recall_gain": 0.03, "covid_recall_mean": 0.95, "covid_recall_range": 0.10, "train_s": 1200}
 
@@ -28,8 +29,6 @@ def range_target_chance(films: list[int], recall: float, limit: float) -> float:
     range target can tell at these test sizes. Exact over the binomials: the range is within
     `limit` when all recalls lie in [m, m + limit] for m the lowest, so the sum over every
     attainable m of P(all in [m, m + limit]) - P(all in (m, m + limit])."""
-    from scipy.stats import binom  # lazy, as sklearn in score(): only the summary needs it
-
     eps = 1e-9  # recalls are k/n fractions: compare with a little slack
     dists = [(np.arange(n + 1) / n, binom.pmf(np.arange(n + 1), n, recall)) for n in films]
     lows = sorted({float(v) for values, _ in dists for v in values})
